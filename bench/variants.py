@@ -1,0 +1,191 @@
+"""What the load benchmark measures: server variants, routes and throughput goals.
+
+A variant is one way of serving the same users API. Each is built inside its own server
+process (bench/serve.py) from a fresh data directory, so a variant's imports and start-up work
+never leak into another's numbers. Adding a variant is a builder function and one `Variant(...)`
+entry in VARIANTS; `bench/run.py` picks it up by name.
+
+Builders import their app lazily: the harness process itself only needs the names, and a
+variant whose modules are missing fails in its own server with its own traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+# The profile update of the reference lesson; put.lua sends exactly this body.
+PUT_BODY = b'{"email": "alice@example.com", "age": 34, "bio": "hello"}'
+
+RouteKind = Literal["GET", "PUT"]
+Scheme = Literal["http", "https"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One request shape driven by wrk against every variant."""
+
+    method: RouteKind
+    path: str
+    # A wrk Lua script for requests that need more than a GET (method, body, content type).
+    script: Path | None = None
+    body: bytes | None = None
+    content_type: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.path}"
+
+    @property
+    def kind(self) -> RouteKind:
+        """The key goals are declared against: reads and writes have different budgets."""
+        return self.method
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A server configuration under test."""
+
+    name: str
+    description: str
+    # Called in the server process with that server's own fresh data directory.
+    build: Callable[[Path], ASGIApp]
+    scheme: Scheme = "http"
+    # Run when no --variants is given; reference variants can stay opt-in.
+    default: bool = True
+    # Extra request headers (credentials, for instance), computed in the harness once the
+    # server is ready, from the same data directory the app was built on.
+    headers: Callable[[Path], Mapping[str, str]] | None = None
+
+
+def _build_bare(data_dir: Path) -> ASGIApp:
+    from apiforge.demo.app import create_app
+
+    return create_app(data_dir)
+
+
+def _build_protected(data_dir: Path) -> ASGIApp:
+    from apiforge import protect
+    from apiforge.demo import load_demo_policy
+    from apiforge.demo.app import create_app
+
+    return protect(create_app(data_dir), load_demo_policy())
+
+
+def _build_starlette_min(data_dir: Path) -> ASGIApp:
+    """The same three routes in plain Starlette with no storage and no checks.
+
+    It bounds what any app on this server stack can reach on this machine, so a drop of the
+    demo app itself can be told apart from a slower machine.
+    """
+    import orjson
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route as StarletteRoute
+
+    profiles: dict[str, dict[str, object]] = {
+        "1": {"id": 1, "email": "alice@example.com", "age": 34, "bio": "hello"},
+    }
+
+    def as_json(payload: object) -> Response:
+        return Response(orjson.dumps(payload), media_type="application/json")
+
+    async def read_me(request: Request) -> Response:
+        return as_json(profiles["1"])
+
+    async def read_user(request: Request) -> Response:
+        profile = profiles.get(request.path_params["user_id"])
+        if profile is None:
+            return as_json({"title": "Not Found", "status": 404})
+        return as_json(profile)
+
+    async def update_me(request: Request) -> Response:
+        changes = orjson.loads(await request.body())
+        profiles["1"] = {**profiles["1"], **changes}
+        return as_json(profiles["1"])
+
+    return Starlette(
+        routes=[
+            StarletteRoute("/v1/users/me", read_me, methods=["GET"]),
+            StarletteRoute("/v1/users/me", update_me, methods=["PUT"]),
+            StarletteRoute("/v1/users/{user_id}", read_user, methods=["GET"]),
+        ]
+    )
+
+
+def _build_tmp(data_dir: Path) -> ASGIApp:
+    inner = _build_starlette_min(data_dir)
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        async def send_wrapper(message):  # type: ignore[no-untyped-def]
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-a", b"1")]
+            await send(message)
+
+        await inner(scope, receive, send_wrapper)
+
+    return app
+
+
+# The variant every ratio is computed against.
+BASELINE = "bare"
+
+VARIANTS: list[Variant] = [
+    Variant(
+        name="bare",
+        description="the demo users API alone, no protection layers",
+        build=_build_bare,
+    ),
+    Variant(
+        name="protected",
+        description="the demo users API wrapped by apiforge.protect with the demo policy",
+        build=_build_protected,
+    ),
+    Variant(
+        name="starlette-min",
+        description="the three routes in plain Starlette, no storage or checks (reference)",
+        build=_build_starlette_min,
+        default=False,
+    ),
+    Variant(
+        name="tmp-mw",
+        description="TEMPORARY starlette-min behind an empty pure ASGI middleware",
+        build=_build_tmp,
+        default=False,
+    ),
+]
+
+ROUTES: list[Route] = [
+    Route("GET", "/v1/users/me"),
+    Route("GET", "/v1/users/1"),
+    Route(
+        "PUT",
+        "/v1/users/me",
+        script=BENCH_DIR / "put.lua",
+        body=PUT_BODY,
+        content_type="application/json",
+    ),
+]
+
+# Minimum median ratio to the baseline, checked with --goals. Reads carry only the cheap
+# checks; writes also pay for body limits, validation and sanitization.
+GOALS: dict[tuple[str, RouteKind], float] = {
+    ("protected", "GET"): 0.90,
+    ("protected", "PUT"): 0.85,
+}
+
+
+def get_variant(name: str) -> Variant:
+    for variant in VARIANTS:
+        if variant.name == name:
+            return variant
+    known = ", ".join(v.name for v in VARIANTS)
+    raise KeyError(f"unknown variant {name!r} (known: {known})")

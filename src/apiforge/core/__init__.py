@@ -1,0 +1,1 @@
+"""The request path: context, routing, client address, problem responses and the pipeline."""

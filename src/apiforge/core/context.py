@@ -1,0 +1,62 @@
+"""Per-request state shared by the layers and handed to the app.
+
+The pipeline stores one :class:`RequestContext` in the ASGI scope under :data:`SCOPE_KEY`;
+``get_context(scope)`` reads it back (from a Starlette ``Request``, use ``request.scope``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from apiforge.core.routing import RoutePlan
+
+__all__ = ["SCOPE_KEY", "Principal", "RequestContext", "get_context"]
+
+SCOPE_KEY = "apiforge.context"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the application (from an API key) and the user (from a token)."""
+
+    application: str | None = None
+    user: str | None = None
+    roles: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the layers know about one request.
+
+    Attributes:
+        request_id: the id echoed in ``X-Request-ID`` and in every event and problem body.
+        client: the client address, resolved across trusted proxies only.
+        scheme: ``http`` or ``https``, resolved the same way.
+        method: the request method.
+        path: the decoded path the app routes on.
+        route: the matched route's compiled plan, once routing has run.
+        path_params: values of the route template's ``{name}`` segments.
+        principal: the authenticated caller, once authentication has run.
+        headers: the request headers, lower-cased names, read once.
+    """
+
+    request_id: str
+    client: str
+    scheme: str
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    route: RoutePlan | None = None
+    path_params: dict[str, str] = field(default_factory=dict)
+    principal: Principal | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def get_context(scope: Mapping[str, Any]) -> RequestContext | None:
+    """The request's context, or ``None`` when the app runs without the pipeline."""
+    ctx = scope.get(SCOPE_KEY)
+    return ctx if isinstance(ctx, RequestContext) else None

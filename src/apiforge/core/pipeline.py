@@ -1,0 +1,325 @@
+"""The pipeline: the one pure ASGI middleware that runs every layer in a fixed order.
+
+Order, for each HTTP request (each step fail-closed: an exception denies)::
+
+    shield        everything below runs inside it: an ApiError becomes its problem response,
+                  any other exception a generic 500 problem (detail to the internal log only)
+    request id    keep a well-formed X-Request-ID, else generate one; echoed on every response
+    client        address and scheme, across trusted proxies only
+    early hooks   layers that run before routing, for every request (host, header limits, ...)
+    routing       safe path checks, then the declared route's plan (404 / 405 otherwise)
+    route hooks   the plan's own hooks, in layer order (authentication, limits, authorization)
+    app           with ``receive`` wrapped only if the plan has body hooks
+    response      request id and the plan's response-start hooks; an error answer of the app
+                  that is not problem+json is replaced by one
+
+Per-route plans are built once at start-up, so a route pays only for its own checks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any, Protocol
+
+from apiforge.core.client import ClientResolver, normalize_address
+from apiforge.core.context import SCOPE_KEY, RequestContext
+from apiforge.core.problem import PROBLEM_CONTENT_TYPE, send_problem
+from apiforge.core.routing import RoutePlan, RouteTable, TrailingSlashRedirect
+from apiforge.errors import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from apiforge.events import EventBus, JsonLinesSink, RequestMetrics, make_event
+from apiforge.policy.models import Policy
+
+__all__ = ["ASGIApp", "Layer", "Pipeline"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RequestHook = Callable[[RequestContext, Scope], Awaitable[None] | None]
+
+logger = logging.getLogger("apiforge")
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
+# Headers of an app's error answer that are safe and useful to carry into our problem body.
+_KEPT_ERROR_HEADERS = frozenset({b"allow", b"retry-after", b"www-authenticate"})
+_ERRORS_BY_STATUS: dict[int, type[ApiError]] = {
+    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 408: RequestTimeout,
+    413: PayloadTooLarge, 415: UnsupportedMediaType, 422: ValidationFailed,
+    429: TooManyRequests, 503: ServiceUnavailable,
+}
+
+
+class Layer(Protocol):
+    """A defense layer: a frozen config and the hooks it needs.
+
+    ``early_hook`` runs for every request before routing; ``attach`` adds the layer's hooks to
+    one route's plan (or nothing, when the layer does not apply to that route).
+    """
+
+    name: str
+
+    def early_hook(self) -> RequestHook | None: ...
+
+    def attach(self, plan: RoutePlan) -> None: ...
+
+
+class _RequestIds:
+    """Cheap unique ids: a random per-process prefix and a counter (no syscall per request)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(5).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):08x}"
+
+
+class Pipeline:
+    """Wraps an ASGI app in APIForge's layers, as configured by a policy.
+
+    Args:
+        app: the protected ASGI app (library mode) or the proxy to the upstream (gateway).
+        policy: the loaded policy.
+        layers: the layers in pipeline order; their hooks are compiled into per-route plans.
+        events: where security events go; by default built from ``policy.events``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        policy: Policy,
+        *,
+        layers: Sequence[Layer] = (),
+        events: EventBus | None = None,
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self.routes = RouteTable(policy.routes, policy.trailing_slash)
+        self.clients = ClientResolver(policy.trusted_proxies)
+        self.metrics = RequestMetrics()
+        if events is None:
+            sinks = [JsonLinesSink()] if policy.events.sink == "stdout" else []
+            events = EventBus(sinks, queue_size=policy.events.queue_size)
+            events.start()
+        self.events = events
+        self._type_base = policy.problem_type_base
+        self._ids = _RequestIds()
+        self.layers = tuple(layers)
+        self._early: tuple[RequestHook, ...] = tuple(
+            hook for hook in (layer.early_hook() for layer in self.layers) if hook is not None
+        )
+        for plan in self.routes.plans:
+            for layer in self.layers:
+                layer.attach(plan)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "websocket":  # no declared websocket routes: refuse the handshake
+                await receive()
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+
+        raw_headers = scope["headers"]
+        headers = dict(raw_headers)
+        supplied = headers.get(b"x-request-id")
+        if supplied is not None and _REQUEST_ID.match(supplied):
+            request_id = supplied.decode("ascii")
+        else:
+            request_id = self._ids.next()
+        peer = scope.get("client")
+        host = normalize_address(peer[0]) if peer else "unknown"
+        scheme = scope["scheme"]
+        if self.clients.enabled:
+            host, scheme = self.clients.resolve(host, scheme, headers)
+        ctx = RequestContext(request_id, host, scheme, scope["method"], scope["path"], headers)
+        scope[SCOPE_KEY] = ctx
+        head = ctx.method == "HEAD"
+
+        plan: RoutePlan | None = None
+        try:
+            if len(headers) != len(raw_headers):
+                _check_repeated_headers(raw_headers)
+            for hook in self._early:
+                pending = hook(ctx, scope)
+                if pending is not None:
+                    await pending
+            match = self.routes.match(ctx.method, ctx.path, scope.get("raw_path"))
+            plan = ctx.route = match.plan
+            ctx.path_params = match.params
+            for hook in plan.request_hooks:
+                pending = hook(ctx, scope)
+                if pending is not None:
+                    await pending
+        except ApiError as error:
+            self._denied(ctx, error)
+            await self._send_problem(send, error, ctx, head)
+            return
+        except TrailingSlashRedirect as redirect:
+            await _send_redirect(send, redirect.location, request_id)
+            return
+        except Exception:
+            logger.exception("security layer failed; request denied",
+                             extra={"request_id": request_id})
+            crash = InternalError(reason="layer_exception")
+            self._denied(ctx, crash)
+            await self._send_problem(send, crash, ctx, head)
+            return
+
+        for wrap in plan.receive_wrappers:
+            receive = wrap(ctx, receive)
+        await self._call_app(scope, receive, send, ctx, plan, head)
+
+    async def _call_app(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+        plan: RoutePlan, head: bool,
+    ) -> None:
+        id_header = (b"x-request-id", ctx.request_id.encode("ascii"))
+        response_hooks = plan.response_start_hooks
+        observe = self.metrics.observe
+        route_key = plan.key
+        started = False
+        replaced: ApiError | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced is not None:
+                # Swallow the app's own error body; ours goes out once its body is complete.
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    await self._send_problem(send, replaced, ctx, head, count=False)
+                return
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                app_headers = message.get("headers") or []
+                if status >= 400 and not _is_problem(app_headers):
+                    replaced = _error_for(status, app_headers)
+                    observe(route_key, replaced.status)
+                    return
+                observe(route_key, status)
+                out = [*app_headers, id_header]
+                for hook in response_hooks:
+                    hook(ctx, out)
+                message["headers"] = out
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except ApiError as error:  # raised by an app written against our error types
+            if started:
+                logger.error("app raised %s after starting its response", error.code,
+                             extra={"request_id": ctx.request_id})
+                return
+            await self._send_problem(send, error, ctx, head)
+        except Exception:
+            logger.exception("unhandled exception in the app", extra={"request_id": ctx.request_id})
+            self.events.emit(make_event("sys_crash", ctx=ctx, level="CRITICAL", outcome="error",
+                                        reason="app_exception"))
+            if not started:
+                await self._send_problem(send, InternalError(), ctx, head)
+            # Once the response has started nothing honest can be sent: returning without
+            # completing it makes the server abort the connection.
+
+    async def _send_problem(
+        self, send: Send, error: ApiError, ctx: RequestContext, head: bool, *, count: bool = True
+    ) -> None:
+        if count:
+            self.metrics.observe(ctx.route.key if ctx.route else "unmatched", error.status)
+        extra: list[tuple[bytes, bytes]] = []
+        if ctx.route is not None:
+            for hook in ctx.route.response_start_hooks:
+                hook(ctx, extra)
+        await send_problem(send, error, ctx.request_id, type_base=self._type_base,
+                           extra_headers=extra, head=head)
+
+    def _denied(self, ctx: RequestContext, error: ApiError) -> None:
+        if error.status >= 500:
+            name = "sys_crash" if isinstance(error, InternalError) else "apiforge_unavailable"
+        elif isinstance(error, NotFound | MethodNotAllowed | BadRequest):
+            name = "input_validation_fail"
+        else:
+            return  # layers that refuse for their own reasons emit their own, better-named event
+        self.metrics.denied(name)
+        self.events.emit(make_event(name, ctx=ctx, reason=error.reason or error.code,
+                                    status=error.status))
+
+
+# Headers whose repetition lets two components read two different values.
+_SINGLE_HEADERS = frozenset({
+    b"host", b"content-length", b"content-type", b"authorization", b"x-api-key",
+    b"x-request-id", b"transfer-encoding", b"forwarded", b"x-forwarded-proto", b"origin",
+})
+
+
+def _check_repeated_headers(raw_headers: Sequence[tuple[bytes, bytes]]) -> None:
+    seen: set[bytes] = set()
+    for name, _ in raw_headers:
+        if name in seen and name in _SINGLE_HEADERS:
+            raise BadRequest("repeated_header", "A header that must appear once is repeated.",
+                             reason=f"repeated:{name.decode('latin-1')}")
+        seen.add(name)
+
+
+def _is_problem(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.startswith(PROBLEM_CONTENT_TYPE)
+    return False
+
+
+def _error_for(status: int, app_headers: Sequence[tuple[bytes, bytes]]) -> ApiError:
+    """Our problem for an app's non-problem error answer; only safe headers carry over."""
+    kept = [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in app_headers
+        if name.lower() in _KEPT_ERROR_HEADERS
+    ]
+    if status == 405:
+        allow = next((v for n, v in kept if n == "allow"), "")
+        methods = [m.strip() for m in allow.split(",") if m.strip()]
+        return MethodNotAllowed(methods, reason="app_status_405")
+    if status >= 500:
+        error: ApiError = InternalError(reason=f"app_status_{status}")
+        if status == 503:
+            error = ServiceUnavailable(reason="app_status_503", headers=kept)
+        return error
+    cls = _ERRORS_BY_STATUS.get(status)
+    if cls is ValidationFailed:
+        return ValidationFailed((), headers=kept, reason="app_status_422")
+    if cls is None:
+        # A generic client error: the status is the app's, the text ours.
+        error = BadRequest("client_error", "The request was refused.", headers=kept,
+                           reason=f"app_status_{status}")
+        error.status = status
+        return error
+    return cls(headers=kept, reason=f"app_status_{status}")
+
+
+async def _send_redirect(send: Send, location: str, request_id: str) -> None:
+    await send({"type": "http.response.start", "status": 308, "headers": [
+        (b"location", location.encode("utf-8")),
+        (b"content-length", b"0"),
+        (b"x-request-id", request_id.encode("ascii")),
+    ]})
+    await send({"type": "http.response.body", "body": b""})
