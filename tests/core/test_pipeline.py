@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from apiforge import get_context, protect
 from apiforge.core.pipeline import Pipeline
-from apiforge.core.routing import RoutePlan
+from apiforge.core.routing import Respond, RoutePlan
 from apiforge.events import EventBus, MemorySink
 from apiforge.policy import load_policy
 
@@ -237,6 +237,9 @@ class ExplodingLayer:
     def early_hook(self) -> None:
         return None
 
+    def response_hook(self) -> None:
+        return None
+
     def attach(self, plan: RoutePlan) -> None:
         def hook(ctx: Any, scope: Any) -> None:
             raise KeyError("internal state")
@@ -292,3 +295,44 @@ async def test_websocket_refused() -> None:
 
     await app({"type": "websocket", "path": "/hello", "headers": []}, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+class PreflightLayer:
+    """Answers OPTIONS itself and stamps every response, to exercise the hook kinds."""
+
+    name = "preflight"
+
+    def early_hook(self) -> Any:
+        def hook(ctx: Any, scope: Any) -> None:
+            if ctx.method == "OPTIONS":
+                raise Respond(204, [(b"x-preflight", b"yes")])
+        return hook
+
+    def response_hook(self) -> Any:
+        def hook(ctx: Any, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+            headers.append((b"x-stamp", str(status).encode()))
+        return hook
+
+    def attach(self, plan: RoutePlan) -> None:
+        return None
+
+
+async def test_layers_answer_early_and_stamp_every_response() -> None:
+    pipeline = Pipeline(starlette_app(), load_policy(POLICY), layers=[PreflightLayer()])
+    async with client(pipeline) as c:
+        pre = await c.options("/anything")
+        ok = await c.get("/hello")
+        missing = await c.get("/nope")
+        crash = await c.get("/items/404")
+    assert pre.status_code == 204 and pre.headers["x-preflight"] == "yes"
+    assert pre.headers["x-stamp"] == "204" and pre.headers["x-request-id"]
+    assert ok.headers["x-stamp"] == "200"
+    assert missing.headers["x-stamp"] == "404"
+    assert crash.headers["x-stamp"] == "404"
+
+
+async def test_trailing_slash_redirect_is_relative() -> None:
+    policy = {**POLICY, "trailing_slash": "redirect"}
+    async with client(protect(starlette_app(), policy)) as c:
+        r = await c.get("/hello/")
+    assert r.status_code == 308 and r.headers["location"] == "/hello"

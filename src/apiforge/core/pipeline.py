@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from apiforge.core.client import ClientResolver, normalize_address
 from apiforge.core.context import SCOPE_KEY, RequestContext
 from apiforge.core.problem import PROBLEM_CONTENT_TYPE, send_problem
-from apiforge.core.routing import RoutePlan, RouteTable, TrailingSlashRedirect
+from apiforge.core.routing import Respond, RoutePlan, RouteTable
 from apiforge.errors import (
     ApiError,
     BadRequest,
@@ -55,6 +55,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RequestHook = Callable[[RequestContext, Scope], Awaitable[None] | None]
+ResponseHook = Callable[[RequestContext, int, list[tuple[bytes, bytes]]], None]
 
 logger = logging.getLogger("apiforge")
 
@@ -71,13 +72,23 @@ _ERRORS_BY_STATUS: dict[int, type[ApiError]] = {
 class Layer(Protocol):
     """A defense layer: a frozen config and the hooks it needs.
 
-    ``early_hook`` runs for every request before routing; ``attach`` adds the layer's hooks to
-    one route's plan (or nothing, when the layer does not apply to that route).
+    Hooks:
+        ``early_hook()``: ``hook(ctx, scope)`` for every request, before routing
+            (``ctx.route`` is ``None``). Raise an ``ApiError`` to refuse, or ``Respond`` to
+            answer (a CORS preflight); return ``None`` or an awaitable.
+        ``response_hook()``: ``hook(ctx, status, headers)`` for every response, ours and the
+            app's, errors included: append to ``headers`` (a list of byte pairs).
+        ``attach(plan)``: add the layer's hooks for one route to its plan
+            (``plan.request_hooks``, ``plan.receive_wrappers``, ``plan.response_start_hooks``),
+            or nothing when the layer does not apply to that route.
+    Any of them may return ``None`` / do nothing.
     """
 
     name: str
 
     def early_hook(self) -> RequestHook | None: ...
+
+    def response_hook(self) -> ResponseHook | None: ...
 
     def attach(self, plan: RoutePlan) -> None: ...
 
@@ -127,9 +138,13 @@ class Pipeline:
         self._early: tuple[RequestHook, ...] = tuple(
             hook for hook in (layer.early_hook() for layer in self.layers) if hook is not None
         )
+        self._response_hooks: tuple[ResponseHook, ...] = tuple(
+            hook for hook in (layer.response_hook() for layer in self.layers) if hook is not None
+        )
         for plan in self.routes.plans:
             for layer in self.layers:
                 layer.attach(plan)
+            plan.response_start_hooks = (*self._response_hooks, *plan.response_start_hooks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -176,8 +191,14 @@ class Pipeline:
             self._denied(ctx, error)
             await self._send_problem(send, error, ctx, head)
             return
-        except TrailingSlashRedirect as redirect:
-            await _send_redirect(send, redirect.location, request_id)
+        except Respond as answer:
+            self.metrics.observe(ctx.route.key if ctx.route else "unmatched", answer.status)
+            out = [*answer.headers, (b"content-length", str(len(answer.body)).encode()),
+                   (b"x-request-id", request_id.encode("ascii"))]
+            for response_hook in self._hooks_for(ctx):
+                response_hook(ctx, answer.status, out)
+            await send({"type": "http.response.start", "status": answer.status, "headers": out})
+            await send({"type": "http.response.body", "body": b"" if head else answer.body})
             return
         except Exception:
             logger.exception("security layer failed; request denied",
@@ -220,7 +241,7 @@ class Pipeline:
                 observe(route_key, status)
                 out = [*app_headers, id_header]
                 for hook in response_hooks:
-                    hook(ctx, out)
+                    hook(ctx, status, out)
                 message["headers"] = out
             await send(message)
 
@@ -247,11 +268,13 @@ class Pipeline:
         if count:
             self.metrics.observe(ctx.route.key if ctx.route else "unmatched", error.status)
         extra: list[tuple[bytes, bytes]] = []
-        if ctx.route is not None:
-            for hook in ctx.route.response_start_hooks:
-                hook(ctx, extra)
+        for hook in self._hooks_for(ctx):
+            hook(ctx, error.status, extra)
         await send_problem(send, error, ctx.request_id, type_base=self._type_base,
                            extra_headers=extra, head=head)
+
+    def _hooks_for(self, ctx: RequestContext) -> tuple[ResponseHook, ...]:
+        return ctx.route.response_start_hooks if ctx.route is not None else self._response_hooks
 
     def _denied(self, ctx: RequestContext, error: ApiError) -> None:
         if error.status >= 500:
@@ -314,12 +337,3 @@ def _error_for(status: int, app_headers: Sequence[tuple[bytes, bytes]]) -> ApiEr
         error.status = status
         return error
     return cls(headers=kept, reason=f"app_status_{status}")
-
-
-async def _send_redirect(send: Send, location: str, request_id: str) -> None:
-    await send({"type": "http.response.start", "status": 308, "headers": [
-        (b"location", location.encode("utf-8")),
-        (b"content-length", b"0"),
-        (b"x-request-id", request_id.encode("ascii")),
-    ]})
-    await send({"type": "http.response.body", "body": b""})

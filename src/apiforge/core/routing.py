@@ -17,7 +17,7 @@ from typing import Any, Literal
 from apiforge.errors import BadRequest, MethodNotAllowed, NotFound
 from apiforge.policy.models import RouteSettings, parse_route_key
 
-__all__ = ["RouteMatch", "RoutePlan", "RouteTable", "TrailingSlashRedirect"]
+__all__ = ["Respond", "RouteMatch", "RoutePlan", "RouteTable", "TrailingSlashRedirect"]
 
 # Percent-encodings that smuggle a separator, a NUL, a dot-segment or a path parameter.
 _ENCODED_DANGER = re.compile(rb"%(?:2f|5c|00|2e|3b)", re.IGNORECASE)
@@ -42,11 +42,26 @@ class RoutePlan:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class TrailingSlashRedirect(Exception):
+class Respond(Exception):
+    """A layer answers the request itself (a CORS preflight, a redirect); the app is not called.
+
+    The pipeline adds the request id and the response hooks' headers, as for any response.
+    """
+
+    def __init__(
+        self, status: int, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__(status)
+        self.status = status
+        self.headers = headers or []
+        self.body = body
+
+
+class TrailingSlashRedirect(Respond):
     """The path differs from a declared one only by its trailing slash (``redirect`` mode)."""
 
     def __init__(self, location: str) -> None:
-        super().__init__(location)
+        super().__init__(308, [(b"location", location.encode("utf-8"))])
         self.location = location
 
 

@@ -88,7 +88,8 @@ _BEARER = re.compile(r"\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
 _API_KEY = re.compile(r"\bafk_[A-Za-z0-9]+_[A-Za-z0-9]+_[A-Za-z0-9_-]+")
 # Credentials in a logged URL or form body (OAuth tokens in query strings, RFC 6750 section 2.3).
 _QUERY_SECRET = re.compile(
-    r"(?i)\b([\w.-]*(?:token|api_?key|password|passwd|secret|session))=[^&\s#;,\"']+"
+    r"(?i)\b([\w.-]*(?:token|api_?key|password|passwd|secret|session))="
+    r"(?!\[REDACTED\])[^&\s#;,\"']+"
 )
 # 13 to 19 digits, single spaces or dashes allowed between them, not part of a longer run.
 # ASCII digits only: ``\d`` would also match other scripts' digits, which no card uses.

@@ -11,17 +11,15 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from apiforge.policy.base import PolicyModel
 
 __all__ = ["EventsSettings", "Policy", "RouteSettings", "parse_route_key"]
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # One template segment: literal text or a single `{name}` parameter.
 _SEGMENT = re.compile(r"^(?:[A-Za-z0-9._~!$&'()*+,=:@-]+|\{[A-Za-z_][A-Za-z0-9_]*\})$")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def parse_route_key(key: str) -> tuple[str, str]:
@@ -53,14 +51,14 @@ def parse_route_key(key: str) -> tuple[str, str]:
     return method, path
 
 
-class RouteSettings(_Model):
+class RouteSettings(PolicyModel):
     """Settings of one declared route; later layers add their keys here."""
 
     enabled: bool = True
     """Serve this route. A route set to `false` answers 404 as if it were not declared."""
 
 
-class EventsSettings(_Model):
+class EventsSettings(PolicyModel):
     """Where security events go."""
 
     sink: Literal["stdout", "none"] = "stdout"
@@ -71,7 +69,7 @@ class EventsSettings(_Model):
     counted (`apiforge_events_dropped_total`) rather than slowing requests down."""
 
 
-class Policy(_Model):
+class Policy(PolicyModel):
     """The whole policy file."""
 
     version: Literal[1] = 1
