@@ -43,7 +43,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from variants import BASELINE, GOALS, PUT_BODY, ROUTES, VARIANTS, Route, Variant
+from variants import BASELINE, GOALS, ROUTES, VARIANTS, Route, Variant
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -170,7 +170,10 @@ def wrk_version(wrk: str) -> str:
     # `wrk -v` prints its banner and usage, then exits non-zero.
     done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
     first = (done.stdout or done.stderr).strip().splitlines()
-    return first[0].split(" Copyright")[0].strip() if first else "unknown"
+    if not first:
+        return "unknown"
+    # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer" -> "debian/4.1.0-3+b2 [epoll]"
+    return first[0].split(" Copyright")[0].removeprefix("wrk ").strip()
 
 
 # --------------------------------------------------------------------------- pinning
@@ -308,7 +311,7 @@ def start_server(
         command += ["--certfile", str(tls_files[0]), "--keyfile", str(tls_files[1])]
     with log_path.open("wb") as log_file:
         # Output goes to a file, not a pipe nobody drains during the runs: a full pipe would
-        # stall the server mid-benchmark. A new session keeps Ctrl-C away from the servers,
+        # stall the server mid-benchmark. Their own process group keeps Ctrl-C away from them,
         # so the harness stops them itself, in order.
         process = subprocess.Popen(
             command,
@@ -405,7 +408,7 @@ def run_wrk(
     route: Route,
     *,
     connections: int,
-    duration_s: float,
+    duration_s: int,
     pinning: Pinning,
 ) -> WrkResult:
     command = [
@@ -413,7 +416,7 @@ def run_wrk(
         wrk,
         "-t1",
         f"-c{connections}",
-        f"-d{duration_s:g}s",
+        f"-d{duration_s}s",
         "--latency",
     ]
     for name, value in server.headers.items():
@@ -582,7 +585,7 @@ def git_commit() -> str | None:
         text=True,
         check=False,
     )
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 # --------------------------------------------------------------------------- reports
@@ -592,6 +595,13 @@ def _ratio_text(row: Row, baseline: str) -> str:
     if row.variant.name == baseline:
         return "1.00 (baseline)"
     return f"{row.ratio:.2f}" if row.ratio is not None else "n/a"
+
+
+def _ratio_range(row: Row, baseline: str) -> str:
+    # The spread of the per-round ratios shows how much to trust the median on a noisy machine.
+    if row.variant.name == baseline or not row.ratios:
+        return ""
+    return f"{min(row.ratios):.2f}-{max(row.ratios):.2f}"
 
 
 def _notes(row: Row) -> str:
@@ -607,9 +617,11 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
     with_goals = settings["goals"]
     pin = settings["pinning"]
     pinning_text = (
-        f"the server pinned to {pin['server']} and wrk to {pin['client']} with `taskset`"
+        f"The server is pinned to {pin['server']} and wrk to {pin['client']} with `taskset`,"
+        " so the load generator never competes with the server for its core."
         if pin["server"] != "none"
-        else "without CPU pinning (taskset or a second core was not available)"
+        else "No CPU pinning (taskset or a second core was not available): the load generator"
+        " and the server share cores, which lowers and blurs every figure."
     )
     lines = [
         "# Benchmarks",
@@ -626,7 +638,7 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
         "",
         f"- uvicorn {versions['uvicorn']} with uvloop and httptools, one worker, on loopback"
         " (`127.0.0.1`), access log off, `server` header off.",
-        f"- {pinning_text}, so the load generator never competes with the server for its core.",
+        f"- {pinning_text}",
         f"- wrk, one thread, {settings['connections']} keep-alive connections,"
         f" {settings['duration_s']:g} s per run, after a {settings['warmup_s']:g} s warm-up"
         " of every route on every server.",
@@ -634,7 +646,7 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
         " shuffled order, so drift on a shared machine hits every variant alike.",
         f"- Each round gives a ratio of the variant's req/s to `{baseline}` on the same route in"
         " the same round; the table shows the median of those ratios, and the median req/s,"
-        " p50 and p99 over the rounds.",
+        " p50 and p99 over the rounds; the ratio range is the lowest and highest round.",
         "- Every route is checked for a 2xx answer before the load starts. Runs with non-2xx"
         " answers or socket errors are flagged and left out of the medians.",
         "",
@@ -648,7 +660,14 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
         lines += [f"### `{route.name}`", ""]
         if route.body is not None:
             lines += [f"Body: `{route.body.decode()}` (`{route.content_type}`).", ""]
-        header = ["variant", "req/s", "p50 (ms)", "p99 (ms)", f"ratio to {baseline}"]
+        header = [
+            "variant",
+            "req/s",
+            "p50 (ms)",
+            "p99 (ms)",
+            f"ratio to {baseline}",
+            "ratio range",
+        ]
         if with_goals:
             header.append("goal")
         if any(row.flagged for row in route_rows):
@@ -662,6 +681,7 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
                 f"{row.p50_ms:.2f}",
                 f"{row.p99_ms:.2f}",
                 _ratio_text(row, baseline),
+                _ratio_range(row, baseline),
             ]
             if with_goals:
                 cells.append(
@@ -724,7 +744,9 @@ def render_terminal(rows: list[Row], baseline: str) -> str:
             lines.append(
                 f"  {row.variant.name:<{width}}  {row.rps:>9,.0f} req/s"
                 f"  p50 {row.p50_ms:6.2f} ms  p99 {row.p99_ms:6.2f} ms"
-                f"  ratio {_ratio_text(row, baseline)}{goal}{note}"
+                f"  ratio {_ratio_text(row, baseline)}"
+                + (f" [{spread}]" if (spread := _ratio_range(row, baseline)) else "")
+                + f"{goal}{note}"
             )
     return "\n".join(lines)
 
@@ -758,8 +780,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--baseline", default=BASELINE, help="variant the ratios divide by")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 3)")
-    parser.add_argument("--duration", type=float, help="seconds per run (default 5, --quick 2)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds per route and server")
+    # wrk takes whole seconds only.
+    parser.add_argument("--duration", type=int, help="seconds per run (default 5, --quick 2)")
+    parser.add_argument(
+        "--warmup", type=int, help="warm-up seconds per route and server (default 2, --quick 1)"
+    )
     parser.add_argument("--connections", type=int, default=32, help="wrk keep-alive connections")
     parser.add_argument("--quick", action="store_true", help="3 rounds x 2 s")
     parser.add_argument("--goals", action="store_true", help="check variants.GOALS; exit 3 on miss")
@@ -778,10 +803,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     args.rounds = args.rounds or (3 if args.quick else 5)
-    args.duration = args.duration or (2.0 if args.quick else 5.0)
-    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
+    args.duration = args.duration or (2 if args.quick else 5)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
-        parser.error("--rounds, --duration and --connections must be positive")
+        parser.error("--rounds, --duration and --connections must be positive, --warmup >= 0")
     wanted = (
         [n.strip() for n in args.variants.split(",") if n.strip()]
         if args.variants
@@ -820,7 +845,7 @@ def check_put_script() -> None:
         if not route.script.is_file():
             raise SetupError(f"wrk script {route.script} is missing")
         if route.body is not None and route.body.decode() not in route.script.read_text():
-            raise SetupError(f"{route.script.name} does not send the body {PUT_BODY.decode()}")
+            raise SetupError(f"{route.script.name} does not send the body {route.body.decode()}")
 
 
 def benchmark(args: argparse.Namespace) -> int:
@@ -924,7 +949,7 @@ def benchmark(args: argparse.Namespace) -> int:
             "elapsed_s": round(elapsed, 1),
         },
         "estimate_default_s": round(
-            estimate_seconds(sum(1 for v in VARIANTS if v.default), 5, 5.0, 2.0)
+            estimate_seconds(sum(1 for v in VARIANTS if v.default), 5, 5, 2)
         ),
         "results": [row.to_json() for row in rows],
     }

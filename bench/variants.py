@@ -121,20 +121,6 @@ def _build_starlette_min(data_dir: Path) -> ASGIApp:
     )
 
 
-def _build_tmp(data_dir: Path) -> ASGIApp:
-    inner = _build_starlette_min(data_dir)
-
-    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
-        async def send_wrapper(message):  # type: ignore[no-untyped-def]
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-a", b"1")]
-            await send(message)
-
-        await inner(scope, receive, send_wrapper)
-
-    return app
-
-
 # The variant every ratio is computed against.
 BASELINE = "bare"
 
@@ -153,12 +139,6 @@ VARIANTS: list[Variant] = [
         name="starlette-min",
         description="the three routes in plain Starlette, no storage or checks (reference)",
         build=_build_starlette_min,
-        default=False,
-    ),
-    Variant(
-        name="tmp-mw",
-        description="TEMPORARY starlette-min behind an empty pure ASGI middleware",
-        build=_build_tmp,
         default=False,
     ),
 ]

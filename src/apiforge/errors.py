@@ -91,6 +91,9 @@ class ApiError(ApiForgeError):
     status: int = 400
     code: str = "bad_request"
     title: str = "The request is malformed."
+    event: str | None = "input_validation_fail"
+    """The security event the pipeline emits when it refuses with this error; ``None`` where
+    the refusing layer emits a better-named event of its own."""
 
     def __init__(
         self,
@@ -123,12 +126,14 @@ class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
     title = "Authentication is required and was not accepted."
+    event = None
 
 
 class Forbidden(ApiError):
     status = 403
     code = "forbidden"
     title = "You are not allowed to perform this action."
+    event = None
 
 
 class NotFound(ApiError):
@@ -151,6 +156,7 @@ class RequestTimeout(ApiError):
     status = 408
     code = "request_timeout"
     title = "The request body arrived too slowly."
+    event = "apiforge_body_timeout"
 
 
 class PayloadTooLarge(ApiError):
@@ -184,6 +190,7 @@ class TooManyRequests(ApiError):
     status = 429
     code = "rate_limited"
     title = "Too many requests; retry after the time given in Retry-After."
+    event = None
 
 
 class HeadersTooLarge(ApiError):
@@ -196,15 +203,18 @@ class InternalError(ApiError):
     status = 500
     code = "internal_error"
     title = "The server could not complete the request."
+    event = "sys_crash"
 
 
 class ServiceUnavailable(ApiError):
     status = 503
     code = "service_unavailable"
     title = "The service is temporarily unavailable."
+    event = "apiforge_unavailable"
 
 
 class GatewayTimeout(ApiError):
     status = 504
     code = "deadline_exceeded"
     title = "The request took longer than this endpoint allows."
+    event = "apiforge_deadline_exceeded"

@@ -86,7 +86,7 @@ def test_unknown_level_is_refused() -> None:
 
 def test_naive_datetime_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        make_event("authz_fail", now=dt.datetime(2025, 1, 1))  # noqa: DTZ001
+        make_event("authz_fail", now=dt.datetime(2025, 1, 1))
 
 
 def test_other_offsets_are_normalised_to_utc() -> None:
@@ -105,7 +105,10 @@ def test_default_time_is_now_in_utc() -> None:
 
 def test_fields_come_from_the_request_context() -> None:
     event = make_event(
-        "authz_fail", ctx=_ctx(Principal(application="k1")), reason="missing_scope", now=NOW,
+        "authz_fail",
+        ctx=_ctx(Principal(application="k1")),
+        reason="missing_scope",
+        now=NOW,
         scope="users:write",
     )
     assert event.request_id == "req-42"

@@ -28,8 +28,14 @@ JWT = (
 )
 API_KEY = "afk_live_01HZX3K9_s3cr3t-Value_with_underscores"
 # Test numbers published by card networks; all pass Luhn.
-CARDS = ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117",
-         "4222222222222", "6250941006528599"]
+CARDS = [
+    "4111111111111111",
+    "5555555555554444",
+    "378282246310005",
+    "6011111111111117",
+    "4222222222222",
+    "6250941006528599",
+]
 
 
 def dumps(value: object) -> str:
@@ -38,10 +44,34 @@ def dumps(value: object) -> str:
 
 @pytest.mark.parametrize(
     "key",
-    ["Authorization", "proxy-authorization", "COOKIE", "Set-Cookie", "x-api-key", "X_API_KEY",
-     "api-key", "apiKey", "password", "passwd", "new-password", "secret", "client_secret",
-     "token", "Access-Token", "refresh_token", "id_token", "otp", "totp", "pepper",
-     "private-key", "session", "db_password", "csrf_token", "x-auth-token", "webhook_secret"],
+    [
+        "Authorization",
+        "proxy-authorization",
+        "COOKIE",
+        "Set-Cookie",
+        "x-api-key",
+        "X_API_KEY",
+        "api-key",
+        "apiKey",
+        "password",
+        "passwd",
+        "new-password",
+        "secret",
+        "client_secret",
+        "token",
+        "Access-Token",
+        "refresh_token",
+        "id_token",
+        "otp",
+        "totp",
+        "pepper",
+        "private-key",
+        "session",
+        "db_password",
+        "csrf_token",
+        "x-auth-token",
+        "webhook_secret",
+    ],
 )
 def test_sensitive_keys_are_replaced_whole(key: str) -> None:
     out = redact({key: {"nested": "hunter2"}, "other": [key]})
@@ -167,13 +197,25 @@ _secret = st.text(alphabet=string.ascii_letters + string.digits, min_size=12, ma
     lambda s: "S3cr" + s
 )
 _sensitive_key = st.sampled_from(
-    ["Authorization", "cookie", "X-Api-Key", "password", "client_secret", "refresh_token", "otp",
-     "private_key", "Session", "new-password"]
+    [
+        "Authorization",
+        "cookie",
+        "X-Api-Key",
+        "password",
+        "client_secret",
+        "refresh_token",
+        "otp",
+        "private_key",
+        "Session",
+        "new-password",
+    ]
 )
 _plain = st.recursive(
     st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["a", "b", "name", "note"]), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["a", "b", "name", "note"]), children, max_size=4)
+    ),
     max_leaves=12,
 )
 

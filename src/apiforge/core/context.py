@@ -41,7 +41,7 @@ class RequestContext:
         route: the matched route's compiled plan, once routing has run.
         path_params: values of the route template's ``{name}`` segments.
         principal: the authenticated caller, once authentication has run.
-        headers: the request headers, lower-cased names, read once.
+        headers: the request headers (lower-case byte names to byte values), read once.
     """
 
     request_id: str
@@ -49,7 +49,7 @@ class RequestContext:
     scheme: str
     method: str
     path: str
-    headers: Mapping[str, str]
+    headers: Mapping[bytes, bytes]
     route: RoutePlan | None = None
     path_params: dict[str, str] = field(default_factory=dict)
     principal: Principal | None = None

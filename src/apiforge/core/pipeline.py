@@ -18,6 +18,7 @@ Per-route plans are built once at start-up, so a route pays only for its own che
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -25,14 +26,18 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Protocol
 
+from apiforge.core.body import declared_length, drain, read_body, replay, stream_limit
 from apiforge.core.client import ClientResolver, normalize_address
 from apiforge.core.context import SCOPE_KEY, RequestContext
+from apiforge.core.deadlines import DeadlineWatch, Watched
 from apiforge.core.problem import PROBLEM_CONTENT_TYPE, send_problem
 from apiforge.core.routing import Respond, RoutePlan, RouteTable
 from apiforge.errors import (
     ApiError,
     BadRequest,
     Forbidden,
+    GatewayTimeout,
+    HeadersTooLarge,
     InternalError,
     MethodNotAllowed,
     NotFound,
@@ -45,7 +50,7 @@ from apiforge.errors import (
     ValidationFailed,
 )
 from apiforge.events import EventBus, JsonLinesSink, RequestMetrics, make_event
-from apiforge.policy.models import Policy
+from apiforge.policy.models import Policy, route_limits, route_timeouts
 
 __all__ = ["ASGIApp", "Layer", "Pipeline"]
 
@@ -59,6 +64,8 @@ ResponseHook = Callable[[RequestContext, int, list[tuple[bytes, bytes]]], None]
 
 logger = logging.getLogger("apiforge")
 
+# In report-only mode bodies over the limit pass, but are still never buffered without bound.
+_REPORT_CEILING = 64 * 1024 * 1024
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
 # Headers of an app's error answer that are safe and useful to carry into our problem body.
 _KEPT_ERROR_HEADERS = frozenset({b"allow", b"retry-after", b"www-authenticate"})
@@ -126,14 +133,20 @@ class Pipeline:
         self.policy = policy
         self.routes = RouteTable(policy.routes, policy.trailing_slash)
         self.clients = ClientResolver(policy.trusted_proxies)
-        self.metrics = RequestMetrics()
+        self._owns_events = events is None
         if events is None:
             sinks = [JsonLinesSink()] if policy.events.sink == "stdout" else []
             events = EventBus(sinks, queue_size=policy.events.queue_size)
             events.start()
         self.events = events
+        self.metrics = RequestMetrics(dropped=lambda: events.dropped)
         self._type_base = policy.problem_type_base
         self._ids = _RequestIds()
+        self._deadlines = DeadlineWatch()
+        limits = policy.limits
+        self._max_header = int(limits.max_header)
+        self._max_headers_total = int(limits.max_headers_total)
+        self._report_headers = limits.mode == "report"
         self.layers = tuple(layers)
         self._early: tuple[RequestHook, ...] = tuple(
             hook for hook in (layer.early_hook() for layer in self.layers) if hook is not None
@@ -142,6 +155,12 @@ class Pipeline:
             hook for hook in (layer.response_hook() for layer in self.layers) if hook is not None
         )
         for plan in self.routes.plans:
+            route_limit = route_limits(policy, plan.settings)
+            route_timeout = route_timeouts(policy, plan.settings)
+            plan.body_limit = int(route_limit.max_body)
+            plan.report_only = route_limit.mode == "report"
+            plan.deadline = route_timeout.request
+            plan.body_idle = route_timeout.body_idle
             for layer in self.layers:
                 layer.attach(plan)
             plan.response_start_hooks = (*self._response_hooks, *plan.response_start_hooks)
@@ -152,6 +171,9 @@ class Pipeline:
             if kind == "websocket":  # no declared websocket routes: refuse the handshake
                 await receive()
                 await send({"type": "websocket.close", "code": 1008})
+                return
+            if kind == "lifespan":
+                await self.app(scope, receive, self._lifespan_send(send))
                 return
             await self.app(scope, receive, send)
             return
@@ -172,10 +194,10 @@ class Pipeline:
         scope[SCOPE_KEY] = ctx
         head = ctx.method == "HEAD"
 
-        plan: RoutePlan | None = None
         try:
             if len(headers) != len(raw_headers):
                 _check_repeated_headers(raw_headers)
+            self._check_header_sizes(ctx, raw_headers)
             for hook in self._early:
                 pending = hook(ctx, scope)
                 if pending is not None:
@@ -192,13 +214,7 @@ class Pipeline:
             await self._send_problem(send, error, ctx, head)
             return
         except Respond as answer:
-            self.metrics.observe(ctx.route.key if ctx.route else "unmatched", answer.status)
-            out = [*answer.headers, (b"content-length", str(len(answer.body)).encode()),
-                   (b"x-request-id", request_id.encode("ascii"))]
-            for response_hook in self._hooks_for(ctx):
-                response_hook(ctx, answer.status, out)
-            await send({"type": "http.response.start", "status": answer.status, "headers": out})
-            await send({"type": "http.response.body", "body": b"" if head else answer.body})
+            await self._send_answer(send, answer, ctx, head)
             return
         except Exception:
             logger.exception("security layer failed; request denied",
@@ -208,35 +224,109 @@ class Pipeline:
             await self._send_problem(send, crash, ctx, head)
             return
 
-        for wrap in plan.receive_wrappers:
-            receive = wrap(ctx, receive)
-        await self._call_app(scope, receive, send, ctx, plan, head)
+        response = _Response()
+        watched = self._deadlines.watch(plan.deadline, plan.body_idle)
+        try:
+            receive = await self._prepare_body(ctx, plan, receive, response, watched)
+            for wrap in plan.receive_wrappers:
+                receive = wrap(ctx, receive)
+            await self._call_app(scope, receive, send, ctx, plan, head, response)
+        except asyncio.CancelledError:
+            if watched.expired is None:
+                raise  # the server is cancelling us: not ours to swallow
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            late: ApiError = RequestTimeout() if watched.expired == "idle" else GatewayTimeout()
+            late.reason = f"{watched.expired}_exceeded"
+            self._denied(ctx, late)
+            if not response.started:
+                await self._send_problem(send, late, ctx, head)
+            # Otherwise the response is cut short: returning without completing it makes the
+            # server abort the connection, so the client cannot mistake it for a whole answer.
+        except ApiError as error:
+            self._denied(ctx, error)
+            if not response.started:
+                await self._send_problem(send, error, ctx, head)
+        except Exception:
+            logger.exception("request body handling failed; request denied",
+                             extra={"request_id": request_id})
+            crash = InternalError(reason="body_layer_exception")
+            self._denied(ctx, crash)
+            if not response.started:
+                await self._send_problem(send, crash, ctx, head)
+        finally:
+            self._deadlines.release(watched)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        """Flush and close our own event writer when the server shuts down."""
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete" and self._owns_events:
+                self.events.close()
+            await send(message)
+
+        return lifespan_send
+
+    async def _prepare_body(
+        self, ctx: RequestContext, plan: RoutePlan, receive: Receive, response: _Response,
+        watched: Watched,
+    ) -> Receive:
+        """Read and check the body when the plan needs it; otherwise limit it as it streams."""
+        headers = ctx.headers
+        length = declared_length(headers)
+        chunked = b"transfer-encoding" in headers
+        if not plan.read_body and not chunked and not length:
+            return receive  # no body: nothing to wrap (the common GET)
+        limit = plan.body_limit
+        if plan.report_only:
+            if length is not None and length > limit:
+                self._report(ctx, PayloadTooLarge(reason=f"body_over_{limit}"))
+            limit = _REPORT_CEILING
+        if length is not None and length > limit:
+            if b"expect" not in headers:  # a client waiting for 100-continue sends nothing
+                await drain(receive)
+            raise PayloadTooLarge(reason=f"declared_over_{limit}")
+        if not plan.read_body:
+            watched.reading_body()
+            return stream_limit(receive, limit, response.refuse, watched.reading_body,
+                                watched.body_done)
+        watched.reading_body()
+        body = await read_body(receive, limit, watched.reading_body, watched.body_done)
+        if plan.report_only and len(body) > plan.body_limit:
+            self._report(ctx, PayloadTooLarge(reason=f"body_over_{plan.body_limit}"))
+        for hook in plan.body_hooks:
+            replaced = hook(ctx, body)
+            if replaced is not None:
+                body = replaced
+        return replay(body, receive)
 
     async def _call_app(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
-        plan: RoutePlan, head: bool,
+        plan: RoutePlan, head: bool, response: _Response,
     ) -> None:
         id_header = (b"x-request-id", ctx.request_id.encode("ascii"))
         response_hooks = plan.response_start_hooks
         observe = self.metrics.observe
         route_key = plan.key
-        started = False
-        replaced: ApiError | None = None
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started, replaced
-            if replaced is not None:
+            if response.replaced is not None:
                 # Swallow the app's own error body; ours goes out once its body is complete.
                 if message["type"] == "http.response.body" and not message.get("more_body"):
-                    await self._send_problem(send, replaced, ctx, head, count=False)
+                    await self._send_problem(send, response.replaced, ctx, head, count=False)
                 return
             if message["type"] == "http.response.start":
-                started = True
+                response.started = True
                 status = message["status"]
                 app_headers = message.get("headers") or []
+                if response.refusal is not None:  # the app turned our refusal into its own 5xx
+                    response.replaced = response.refusal
+                    observe(route_key, response.refusal.status)
+                    return
                 if status >= 400 and not _is_problem(app_headers):
-                    replaced = _error_for(status, app_headers)
-                    observe(route_key, replaced.status)
+                    response.replaced = _error_for(status, app_headers)
+                    observe(route_key, response.replaced.status)
                     return
                 observe(route_key, status)
                 out = [*app_headers, id_header]
@@ -248,19 +338,53 @@ class Pipeline:
         try:
             await self.app(scope, receive, send_wrapper)
         except ApiError as error:  # raised by an app written against our error types
-            if started:
+            if response.started:
                 logger.error("app raised %s after starting its response", error.code,
                              extra={"request_id": ctx.request_id})
                 return
+            self._denied(ctx, error)
             await self._send_problem(send, error, ctx, head)
         except Exception:
+            if response.refusal is not None:  # our own refusal, raised through the app
+                self._denied(ctx, response.refusal)
+                if not response.started:
+                    await self._send_problem(send, response.refusal, ctx, head)
+                return
             logger.exception("unhandled exception in the app", extra={"request_id": ctx.request_id})
             self.events.emit(make_event("sys_crash", ctx=ctx, level="CRITICAL", outcome="error",
                                         reason="app_exception"))
-            if not started:
+            if not response.started:
                 await self._send_problem(send, InternalError(), ctx, head)
             # Once the response has started nothing honest can be sent: returning without
             # completing it makes the server abort the connection.
+
+    def _check_header_sizes(
+        self, ctx: RequestContext, raw_headers: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        total = 0
+        largest = 0
+        for name, value in raw_headers:
+            size = len(name) + len(value)
+            total += size
+            if size > largest:
+                largest = size
+        if largest > self._max_header or total > self._max_headers_total:
+            error = HeadersTooLarge(reason="header_too_large" if largest > self._max_header
+                                    else "headers_too_large")
+            if not self._report_headers:
+                raise error
+            self._report(ctx, error)
+
+    async def _send_answer(
+        self, send: Send, answer: Respond, ctx: RequestContext, head: bool
+    ) -> None:
+        self.metrics.observe(ctx.route.key if ctx.route else "unmatched", answer.status)
+        out = [*answer.headers, (b"content-length", str(len(answer.body)).encode()),
+               (b"x-request-id", ctx.request_id.encode("ascii"))]
+        for hook in self._hooks_for(ctx):
+            hook(ctx, answer.status, out)
+        await send({"type": "http.response.start", "status": answer.status, "headers": out})
+        await send({"type": "http.response.body", "body": b"" if head else answer.body})
 
     async def _send_problem(
         self, send: Send, error: ApiError, ctx: RequestContext, head: bool, *, count: bool = True
@@ -277,15 +401,33 @@ class Pipeline:
         return ctx.route.response_start_hooks if ctx.route is not None else self._response_hooks
 
     def _denied(self, ctx: RequestContext, error: ApiError) -> None:
-        if error.status >= 500:
-            name = "sys_crash" if isinstance(error, InternalError) else "apiforge_unavailable"
-        elif isinstance(error, NotFound | MethodNotAllowed | BadRequest):
-            name = "input_validation_fail"
-        else:
-            return  # layers that refuse for their own reasons emit their own, better-named event
+        name = error.event
+        if name is None:
+            return  # the refusing layer emitted a better-named event of its own
         self.metrics.denied(name)
-        self.events.emit(make_event(name, ctx=ctx, reason=error.reason or error.code,
+        self.events.emit(make_event(name, ctx=ctx,
+                                    level="CRITICAL" if error.status >= 500 else "WARN", reason=error.reason or error.code,
                                     status=error.status))
+
+    def _report(self, ctx: RequestContext, error: ApiError) -> None:
+        """Report-only mode: emit what a refusal would have emitted, and let it through."""
+        if error.event is not None:
+            self.events.emit(make_event(error.event, ctx=ctx, outcome="report",
+                                        reason=error.reason or error.code, status=error.status))
+
+
+class _Response:
+    """What the pipeline knows about the response of one request."""
+
+    __slots__ = ("refusal", "replaced", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.replaced: ApiError | None = None
+        self.refusal: ApiError | None = None
+
+    def refuse(self, error: ApiError) -> None:
+        self.refusal = error
 
 
 # Headers whose repetition lets two components read two different values.

@@ -39,6 +39,15 @@ class RoutePlan:
     request_hooks: tuple[Callable[..., Any], ...] = ()
     response_start_hooks: tuple[Callable[..., Any], ...] = ()
     receive_wrappers: tuple[Callable[..., Any], ...] = ()
+    body_hooks: tuple[Callable[..., Any], ...] = ()
+    """``hook(ctx, body) -> bytes | None`` on the whole body, when ``read_body``; a returned
+    value replaces the body the app reads."""
+    read_body: bool = False
+    """Read the whole body (within ``body_limit``) before the app runs, for ``body_hooks``."""
+    body_limit: int = 1024 * 1024
+    report_only: bool = False
+    deadline: float = 30.0
+    body_idle: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -63,6 +63,7 @@ DEFAULT_USERNAME: Final = "alice"
 # \d would also match other scripts' digits, which int() accepts.
 _USER_ID: Final = re.compile(r"[1-9][0-9]{0,17}")
 
+_REQUEST_ID_KEY: Final = "apiforge.demo.request_id"
 _PROBLEM_MEDIA_TYPE: Final = PROBLEM_CONTENT_TYPE.decode("ascii")
 _JSON_MEDIA_TYPE: Final = "application/json"
 
@@ -81,9 +82,16 @@ class ORJSONResponse(Response):
 
 
 def _request_id(request: Request) -> str:
-    ctx = get_context(request.scope)
-    # Behind the pipeline the problem carries the id the pipeline logs; bare, a fresh one.
-    return ctx.request_id if ctx is not None else secrets.token_hex(8)
+    scope = request.scope
+    ctx = get_context(scope)
+    if ctx is not None:
+        # Behind the pipeline the problem carries the id the pipeline logs.
+        return ctx.request_id
+    # Bare, a fresh id, kept in the scope so the log line and the problem body agree.
+    request_id: str | None = scope.get(_REQUEST_ID_KEY)
+    if request_id is None:
+        request_id = scope[_REQUEST_ID_KEY] = secrets.token_hex(8)
+    return request_id
 
 
 def _caller(request: Request) -> str:
@@ -93,9 +101,10 @@ def _caller(request: Request) -> str:
     return DEFAULT_USERNAME
 
 
-def _problem(error: ApiError, request_id: str) -> Response:
+def _problem(error: ApiError, request_id: str, *, echo_id: bool) -> Response:
     headers = dict(error.headers)
-    headers["x-request-id"] = request_id
+    if echo_id:  # behind the pipeline, it echoes the id on every response itself
+        headers["x-request-id"] = request_id
     return Response(
         problem_body(error, request_id),
         status_code=error.status,
@@ -106,7 +115,7 @@ def _problem(error: ApiError, request_id: str) -> Response:
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
     error = exc if isinstance(exc, ApiError) else InternalError()
-    return _problem(error, _request_id(request))
+    return _problem(error, _request_id(request), echo_id=get_context(request.scope) is None)
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
@@ -125,7 +134,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
         error = BadRequest()
     else:
         error = InternalError()
-    return _problem(error, _request_id(request))
+    return _problem(error, _request_id(request), echo_id=get_context(request.scope) is None)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -133,7 +142,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     # this response is sent, so the server logs it as well.
     request_id = _request_id(request)
     logger.error("unhandled exception (request_id=%s)", request_id, exc_info=exc)
-    return _problem(InternalError(), request_id)
+    return _problem(InternalError(), request_id, echo_id=get_context(request.scope) is None)
 
 
 def _guarded(endpoint: Endpoint) -> Endpoint:

@@ -30,6 +30,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from apiforge.errors import BadRequest, FieldError, ValidationFailed
 
 __all__ = [
+    "AGE_MAX",
+    "AGE_MIN",
     "BIO_MAX_LENGTH",
     "EMAIL_MAX_LENGTH",
     "ProfileUpdate",
@@ -176,7 +178,9 @@ def parse_profile_update(body: bytes) -> ProfileUpdate:
     Raises:
         BadRequest: code ``malformed_json``, when the body is not UTF-8 or not JSON.
         ValidationFailed: when the JSON is not an object or a field is invalid; one
-            :class:`~apiforge.errors.FieldError` per problem, in fixed words.
+            :class:`~apiforge.errors.FieldError` per problem, in fixed words. ``field`` is the
+            dotted path of the field, or ``""`` for the body as a whole; an unknown key that is
+            not a plain identifier is reported under ``""`` so its text is never sent back.
     """
     try:
         # A strict decode refuses bad UTF-8 and encoded surrogates before orjson sees the text.

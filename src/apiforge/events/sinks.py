@@ -17,6 +17,7 @@ floods the API can slow the log but never the API, and the loss is visible.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import threading
@@ -105,7 +106,6 @@ class EventBus:
         batch_size: most events handed to a sink in one ``write``.
 
     Attributes:
-        dropped: events refused because the queue was full (or the bus closed).
         sink_errors: failed ``write`` calls (each is also logged on ``apiforge.events``).
 
     Raises:
@@ -132,8 +132,17 @@ class EventBus:
         self._busy = False
         self._stopping = False
         self._closed = False
-        self.dropped = 0
+        # next() on itertools.count is one C call under the GIL: an exact count from any number
+        # of emitting threads, at a fraction of a lock's cost, on exactly the path a flood hits.
+        self._drops = itertools.count()
+        self._dropped_unwritten = 0
         self.sink_errors = 0
+
+    @property
+    def dropped(self) -> int:
+        """Events refused because the queue was full, or left unwritten when the bus closed."""
+        # count's repr is "count(<next value>)", which is the number of drops so far.
+        return int(repr(self._drops)[6:-1]) + self._dropped_unwritten
 
     @property
     def pending(self) -> int:
@@ -147,16 +156,11 @@ class EventBus:
         """
         buffer = self._buffer
         if len(buffer) >= self._queue_size:
-            self._drop()
+            next(self._drops)
             return
         buffer.append(event)
         if self._idle:
             self._wake.set()
-
-    def _drop(self) -> None:
-        # The rare path: a lock keeps the count exact when several threads emit at once.
-        with self._lock:
-            self.dropped += 1
 
     def start(self) -> None:
         """Start the writer thread. Calling it again does nothing.
@@ -214,7 +218,7 @@ class EventBus:
             # From now on every emit finds the queue "full": counted, never held in memory. What
             # could not be written in time (or was never started) is counted as dropped too.
             self._queue_size = 0
-            self.dropped += len(self._buffer)
+            self._dropped_unwritten += len(self._buffer)
             self._buffer.clear()
         for sink in self._sinks:
             try:

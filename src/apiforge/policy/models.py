@@ -9,13 +9,28 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 
 from apiforge.policy.base import PolicyModel
 
-__all__ = ["EventsSettings", "Policy", "RouteSettings", "parse_route_key"]
+__all__ = [
+    "BodySettings",
+    "EventsSettings",
+    "FieldSanitizer",
+    "JsonLimitSettings",
+    "LimitSettings",
+    "Policy",
+    "RouteSettings",
+    "ServerSettings",
+    "TimeoutSettings",
+    "parse_route_key",
+    "route_limits",
+    "route_timeouts",
+]
+
+M = TypeVar("M", bound=PolicyModel)
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # One template segment: literal text or a single `{name}` parameter.
@@ -51,11 +66,120 @@ def parse_route_key(key: str) -> tuple[str, str]:
     return method, path
 
 
+class JsonLimitSettings(PolicyModel):
+    """Limits on the structure of a JSON body, checked before it is parsed."""
+
+    max_depth: Annotated[int, Field(ge=1, le=512)] = 32
+    """Deepest nesting of objects and arrays. Deeper documents get 400 `json_too_deep`
+    (deep JSON exhausts recursive parsers and turns into 500s in many apps)."""
+
+    max_members: Annotated[int, Field(ge=1)] = 10_000
+    """Most members of one object or elements of one array (400 `json_too_many_members`)."""
+
+    max_string: Annotated[int, Field(ge=1)] = 65_536
+    """Longest string, keys included, in bytes as sent (400 `json_string_too_long`)."""
+
+    max_number_digits: Annotated[int, Field(ge=1, le=4300)] = 20
+    """Most digits in one number (400 `json_number_too_long`): converting long digit strings
+    to integers is quadratic in Python (CVE-2020-10735). Integers outside the signed 64-bit
+    range are refused too, so a validator and the app never read different values."""
+
+
+class LimitSettings(PolicyModel):
+    """Size limits; a route's `limits` overrides only the keys it names."""
+
+    mode: Literal["enforce", "report"] = "enforce"
+    """`enforce` refuses what is over a limit; `report` lets it through and emits the event
+    that a refusal would have emitted, to try new limits on live traffic."""
+
+    max_body: ByteSize = ByteSize(1024 * 1024)
+    """Largest request body (e.g. `16KiB`, `1MiB`). Enforced while the body streams in: 413
+    as soon as it is crossed, the rest never buffered."""
+
+    max_header: ByteSize = ByteSize(8 * 1024)
+    """Largest single request header, name and value (431)."""
+
+    max_headers_total: ByteSize = ByteSize(64 * 1024)
+    """Largest total size of all request headers (431)."""
+
+    json_body: JsonLimitSettings = Field(default_factory=JsonLimitSettings)
+    """Limits on JSON bodies: see `JsonLimitSettings` below."""
+
+
+class TimeoutSettings(PolicyModel):
+    """Time limits of one request; a route's `timeouts` overrides only the keys it names."""
+
+    request: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Seconds from the end of the headers to the end of the response's start. Past it the
+    request is cancelled (504 `deadline_exceeded`); if the response had already started,
+    the connection is aborted."""
+
+    body_idle: Annotated[float, Field(gt=0, le=600)] = 10.0
+    """Most seconds between two pieces of a request body (408 `request_timeout`)."""
+
+
+class ServerSettings(PolicyModel):
+    """Protections of the servers APIForge starts (the demo, the gateway).
+
+    They act below the ASGI app, which never sees a request whose headers are still arriving.
+    """
+
+    header_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """Seconds a client has to send a complete request head. A client that trickles headers
+    (slowloris) is disconnected when it runs out, however often it sends a byte."""
+
+    max_connections_per_client: Annotated[int, Field(ge=1)] = 64
+    """Open connections allowed from one client address; more are closed at once."""
+
+    max_connections: Annotated[int, Field(ge=1)] = 2048
+    """Open connections allowed in all."""
+
+
+class FieldSanitizer(PolicyModel):
+    """How one string field of a request body is cleaned before the app sees it."""
+
+    strip_html: bool = False
+    """Remove HTML tags with nh3 (an HTML parser, never a regex). Text is stored escaped the
+    way HTML needs it: `&` becomes `&amp;`, `<` becomes `&lt;`, `>` becomes `&gt;`."""
+
+    allowed_tags: list[str] = Field(default_factory=list)
+    """Tags kept when `strip_html` is on; empty (the default) keeps none."""
+
+
+class BodySettings(PolicyModel):
+    """The request body a route accepts, validated after authentication and authorization."""
+
+    content_type: Literal["application/json"] = "application/json"
+    """The only media type accepted (415 otherwise)."""
+
+    json_schema: dict[str, object] | None = None
+    """A JSON Schema (draft 2020-12) for the body, compiled once at start-up. In library mode a
+    pydantic model given to `protect(..., models=...)` may take its place."""
+
+    unknown_fields: Literal["refuse", "allow"] = "refuse"
+    """`refuse`: members the schema does not name get 422 and a `malicious_extraneous` event
+    (mass assignment). `allow`: they pass through."""
+
+    sanitize: dict[str, FieldSanitizer] = Field(default_factory=dict)
+    """Per top-level field, how its string is cleaned. Every string in the body is also
+    normalized to Unicode NFC, and NUL and control characters other than tab, line feed and
+    carriage return are refused (422)."""
+
+
 class RouteSettings(PolicyModel):
     """Settings of one declared route; later layers add their keys here."""
 
     enabled: bool = True
     """Serve this route. A route set to `false` answers 404 as if it were not declared."""
+
+    limits: LimitSettings | None = None
+    """Overrides of the top-level `limits` for this route, key by key."""
+
+    timeouts: TimeoutSettings | None = None
+    """Overrides of the top-level `timeouts` for this route, key by key."""
+
+    body: BodySettings | None = None
+    """The body this route accepts. Without it, a body is only size-limited."""
 
 
 class EventsSettings(PolicyModel):
@@ -92,6 +216,15 @@ class Policy(PolicyModel):
     trusted proxy. Empty (the default) means the TCP peer is the client and those headers are
     ignored, so a client cannot forge its address."""
 
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    """Size limits for every route; see `LimitSettings`."""
+
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    """Time limits for every route; see `TimeoutSettings`."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    """Connection-level protections of the servers APIForge runs; see `ServerSettings`."""
+
     problem_type_base: str = "https://apiforge.dev/docs/errors.md"
     """Base of the `type` link of problem responses; `#<code>` is appended."""
 
@@ -127,3 +260,30 @@ class Policy(PolicyModel):
         if "#" in self.problem_type_base:
             raise ValueError("problem_type_base must not contain '#': the code is appended")
         return self
+
+
+def route_limits(policy: Policy, route: RouteSettings) -> LimitSettings:
+    """The limits in force on ``route``: the top-level ones with the route's keys on top."""
+    return _merge(policy.limits, route.limits)
+
+
+def route_timeouts(policy: Policy, route: RouteSettings) -> TimeoutSettings:
+    """The timeouts in force on ``route``."""
+    return _merge(policy.timeouts, route.timeouts)
+
+
+def _merge(base: M, override: M | None) -> M:
+    if override is None:
+        return base
+    merged = base.model_dump()
+    _deep_update(merged, override.model_dump(exclude_unset=True))
+    return type(base).model_validate(merged)
+
+
+def _deep_update(target: dict[str, object], update: dict[str, object]) -> None:
+    for key, value in update.items():
+        current = target.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            _deep_update(current, value)
+        else:
+            target[key] = value

@@ -1,0 +1,172 @@
+"""Body size limits, slow bodies, deadlines and header limits, driven at the ASGI level."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from apiforge.core.pipeline import Pipeline
+from apiforge.events import EventBus, MemorySink
+from apiforge.policy import load_policy
+
+
+async def echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse({"size": len(body)})
+
+
+async def slow(request: Request) -> JSONResponse:
+    await asyncio.sleep(5)
+    return JSONResponse({})
+
+
+async def started_then_slow(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+    await asyncio.sleep(5)
+    await send({"type": "http.response.body", "body": b"rest"})
+
+
+def app() -> Starlette:
+    return Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/slow", slow)])
+
+
+POLICY: dict[str, Any] = {
+    "routes": {
+        "POST /echo": {"limits": {"max_body": 100}, "timeouts": {"body_idle": 0.3}},
+        "GET /slow": {"timeouts": {"request": 0.3}},
+        "GET /started": {"timeouts": {"request": 0.3}},
+    },
+    "limits": {"max_header": 200, "max_headers_total": 400},
+    "events": {"sink": "none"},
+}
+
+
+async def call(
+    asgi: Any, method: str, path: str, chunks: Sequence[bytes] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (), pause: float = 0.0,
+) -> tuple[int, dict[bytes, bytes], bytes, list[dict[str, Any]]]:
+    """Drive one request through ``asgi``; returns status, headers, body and raw messages."""
+    pending = list(chunks)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            if pause:
+                await asyncio.sleep(pause)
+            chunk = pending.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": method, "path": path, "raw_path": path.encode(),
+        "query_string": b"", "headers": list(headers), "scheme": "http",
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), "asgi": {"version": "3.0"},
+        "http_version": "1.1", "root_path": "",
+    }
+    await asyncio.wait_for(asgi(scope, receive, send), 5)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body, sent
+
+
+def pipeline(policy: dict[str, Any] = POLICY, target: Any = None,
+             events: EventBus | None = None) -> Pipeline:
+    return Pipeline(target or app(), load_policy(policy), events=events)
+
+
+async def test_body_within_limit_reaches_app() -> None:
+    status, _, body, _ = await call(pipeline(), "POST", "/echo", [b"a" * 60, b"b" * 40],
+                                    [(b"transfer-encoding", b"chunked")])
+    assert status == 200 and orjson.loads(body) == {"size": 100}
+
+
+async def test_declared_length_over_limit_refused_before_reading() -> None:
+    status, headers, body, _ = await call(pipeline(), "POST", "/echo", [b"x" * 500],
+                                          [(b"content-length", b"500")])
+    assert status == 413 and headers[b"content-type"] == b"application/problem+json"
+    assert orjson.loads(body)["code"] == "payload_too_large"
+
+
+async def test_chunked_body_refused_as_soon_as_it_crosses() -> None:
+    chunks = [b"x" * 60] * 1000  # 60 KB offered; refused after the second chunk
+    status, _, body, _ = await call(pipeline(), "POST", "/echo", chunks,
+                                    [(b"transfer-encoding", b"chunked")])
+    assert status == 413 and orjson.loads(body)["code"] == "payload_too_large"
+
+
+async def test_lying_content_length_gains_nothing() -> None:
+    status, _, _, _ = await call(pipeline(), "POST", "/echo", [b"x" * 80, b"x" * 80],
+                                 [(b"content-length", b"10")])
+    assert status == 413
+
+
+@pytest.mark.parametrize("value", [b"+5", b"0x10", b"5, 5", b"-1", b"1" * 30, b""])
+async def test_malformed_content_length_refused(value: bytes) -> None:
+    status, _, body, _ = await call(pipeline(), "POST", "/echo", [b"x"],
+                                    [(b"content-length", value)])
+    assert status == 400 and orjson.loads(body)["code"] == "bad_content_length"
+
+
+async def test_slow_body_gets_408() -> None:
+    began = time.monotonic()
+    status, _, body, _ = await call(pipeline(), "POST", "/echo", [b"a", b"b", b"c"],
+                                    [(b"transfer-encoding", b"chunked")], pause=1.0)
+    assert status == 408 and orjson.loads(body)["code"] == "request_timeout"
+    assert time.monotonic() - began < 2
+
+
+async def test_deadline_gives_504_and_cancels_the_handler() -> None:
+    sink = MemorySink()
+    bus = EventBus([sink])
+    bus.start()
+    began = time.monotonic()
+    status, _, body, _ = await call(pipeline(events=bus), "GET", "/slow")
+    assert status == 504 and orjson.loads(body)["code"] == "deadline_exceeded"
+    assert time.monotonic() - began < 1.5
+    bus.flush()
+    assert [e["event"] for e in sink.events] == ["apiforge_deadline_exceeded"]
+    bus.close()
+
+
+async def test_deadline_after_response_started_aborts() -> None:
+    status, _, body, sent = await call(pipeline(target=started_then_slow), "GET", "/started")
+    assert status == 200 and body == b"partial"
+    # The response is never completed, so the server drops the connection.
+    assert all(m.get("more_body") for m in sent if m["type"] == "http.response.body")
+
+
+async def test_header_limits_431() -> None:
+    status, _, body, _ = await call(pipeline(), "GET", "/slow", headers=[(b"x-big", b"a" * 300)])
+    assert status == 431 and orjson.loads(body)["code"] == "headers_too_large"
+    many = [(f"x-h{i}".encode(), b"a" * 100) for i in range(5)]
+    status, _, _, _ = await call(pipeline(), "GET", "/slow", headers=many)
+    assert status == 431
+
+
+async def test_report_mode_lets_through_and_reports() -> None:
+    sink = MemorySink()
+    bus = EventBus([sink])
+    bus.start()
+    policy = {**POLICY, "limits": {**POLICY["limits"], "mode": "report"},
+              "routes": {"POST /echo": {"limits": {"max_body": 10, "mode": "report"}}}}
+    status, _, body, _ = await call(pipeline(policy, events=bus), "POST", "/echo", [b"x" * 50],
+                                    [(b"content-length", b"50"), (b"x-big", b"a" * 300)])
+    assert status == 200 and orjson.loads(body) == {"size": 50}
+    bus.flush()
+    assert {e["outcome"] for e in sink.events} == {"report"}
+    assert len(sink.events) == 2
+    bus.close()
