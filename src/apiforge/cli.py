@@ -44,6 +44,14 @@ def check_config(
     out.print(f"OK: {file}", markup=False, highlight=False)
 
 
+@app.command("policy-docs")
+def policy_docs() -> None:
+    """Print the policy reference (docs/policy.md), generated from the policy models."""
+    from apiforge.policy.reference import render_reference
+
+    typer.echo(render_reference(), nl=False)
+
+
 @app.command()
 def demo(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

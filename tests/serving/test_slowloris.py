@@ -44,8 +44,15 @@ class Server:
     def __init__(self, http: Any) -> None:
         self.protocol = http
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, http=http, lifespan="off", log_level="critical",
-            access_log=False, server_header=False, timeout_keep_alive=30,
+            app,
+            host="127.0.0.1",
+            port=0,
+            http=http,
+            lifespan="off",
+            log_level="critical",
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=30,
             timeout_graceful_shutdown=2,
         )
         self.server = uvicorn.Server(config)
@@ -137,6 +144,13 @@ class Trickler(threading.Thread):
         self.received = b""
         self.stop = threading.Event()
 
+    def finish(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the server to cut the trickle, then stop trickling."""
+        self.join(timeout=timeout)
+        self.stop.set()
+        self.join(timeout=self.interval + 1)
+        assert not self.is_alive()
+
     def run(self) -> None:
         for index in range(len(self.head)):
             if self.stop.is_set():
@@ -172,15 +186,15 @@ def test_slowloris_is_cut_off_while_normal_clients_are_served(server: Server) ->
             time.sleep(0.15)
         assert orjson.loads(request(server, "POST", "/echo", b"x" * 70_000))["received"] == 70_000
         assert trickler.closed_at is None, "the trickler was cut before the deadline"
-        trickler.join(timeout=4)
     finally:
-        trickler.stop.set()
+        trickler.finish(timeout=4)
         sock.close()
     assert trickler.closed_at is not None, "the slow head was never cut off"
     elapsed = trickler.closed_at - started
     assert TIMEOUT - 0.1 <= elapsed <= TIMEOUT + 1.0, elapsed
     assert trickler.sent < len(SLOW_HEAD)
-    assert trickler.received in (b"", b"") or trickler.received.startswith(b"HTTP/1.1 408 ")
+    # The 408 is best effort: a byte in flight when the server closes turns the close into a reset.
+    assert trickler.received == b"" or trickler.received.startswith(b"HTTP/1.1 408 ")
     assert tracker_of(server.protocol).stats().header_timeouts == 1
 
 
@@ -190,8 +204,7 @@ def test_without_the_protocol_a_trickled_head_holds_the_connection() -> None:
     with Server("httptools") as plain, plain.connect() as sock:
         trickler = Trickler(sock, SLOW_HEAD)
         trickler.start()
-        trickler.join(timeout=TIMEOUT + 1.5)
-        trickler.stop.set()
+        trickler.finish(timeout=TIMEOUT + 1.5)
         assert trickler.closed_at is None
         assert trickler.sent >= 10
 
@@ -241,8 +254,7 @@ def test_trickle_after_a_good_request_is_cut_off(server: Server) -> None:
         answered = time.monotonic()
         trickler = Trickler(sock, SLOW_HEAD)
         trickler.start()
-        trickler.join(timeout=TIMEOUT + 2.0)
-        trickler.stop.set()
+        trickler.finish(timeout=TIMEOUT + 2.0)
     assert trickler.closed_at is not None, "the slow second head was never cut off"
     assert TIMEOUT - 0.1 <= trickler.closed_at - answered <= TIMEOUT + 1.0
     assert trickler.sent >= 3  # the trickle had started: the deadline did not move with it
@@ -282,7 +294,10 @@ def test_pipelined_requests_are_all_answered(server: Server) -> None:
         buffered = _SocketReader(sock)
         assert orjson.loads(buffered.response())["path"] == "/a"
         assert orjson.loads(buffered.response())["path"] == "/b"
-        closed_at, _ = wait_closed(sock, within=TIMEOUT + 1.0)
+        answered = time.monotonic()
+        closed_at, received = wait_closed(sock, within=TIMEOUT + 1.0)
+    assert received == b""
+    assert closed_at - answered <= TIMEOUT + 1.0
 
 
 class _SocketReader:

@@ -42,6 +42,9 @@ class RequestContext:
         path_params: values of the route template's ``{name}`` segments.
         principal: the authenticated caller, once authentication has run.
         headers: the request headers (lower-case byte names to byte values), read once.
+        json: the request body, parsed once, validated and sanitized (routes with a body
+            schema only).
+        model: the pydantic model instance that validated the body, in library mode.
     """
 
     request_id: str
@@ -53,6 +56,8 @@ class RequestContext:
     route: RoutePlan | None = None
     path_params: dict[str, str] = field(default_factory=dict)
     principal: Principal | None = None
+    json: Any = None
+    model: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -304,7 +304,7 @@ class KeyCache:
     """The in-process map of key id to record that :meth:`ApiKeyService.verify` reads.
 
     Filled from the record store at start-up and updated entry by entry from the change feed
-    (:class:`~apiforge.stores.CacheRefresher`). Reads and single-entry writes are plain dict
+    (:class:`~apiforge.identity.CacheRefresher`). Reads and single-entry writes are plain dict
     operations, atomic under the interpreter lock.
     """
 
@@ -352,7 +352,7 @@ class ApiKeyService:
         store: where records live (SQLite or PostgreSQL in production). Only the management
             methods and :meth:`flush_last_used` touch it.
         state: the shared state store; every change is published on its change feed so other
-            processes refresh their caches (see :class:`~apiforge.stores.CacheRefresher`).
+            processes refresh their caches (see :class:`~apiforge.identity.CacheRefresher`).
         hasher: the peppered hasher.
         cache: the in-process cache; a fresh one by default.
 
@@ -419,9 +419,9 @@ class ApiKeyService:
 
     # -- start-up, refresh and background work -----------------------------------------------
 
-    def load(self) -> int:
-        """Fill the cache from the record store; returns the number of keys loaded."""
-        records = self._store.list_keys()
+    async def load(self) -> int:
+        """Fill the cache from the record store (in a worker thread); returns the key count."""
+        records = await asyncio.to_thread(self._store.list_keys)
         self.cache.replace_all(records)
         return len(records)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -63,7 +62,9 @@ def _normalize_entry(entry: str) -> str:
         try:
             ipaddress.IPv6Address(name[1:-1])
         except ValueError:
-            raise ValueError(f"allowed_hosts: {entry!r} is not an IPv6 address in brackets") from None
+            raise ValueError(
+                f"allowed_hosts: {entry!r} is not an IPv6 address in brackets"
+            ) from None
     else:
         if text.count(":") > 1:
             raise ValueError(
@@ -211,7 +212,7 @@ class HostLayer:
 
         if self._any:
             def any_host(ctx: RequestContext, scope: Scope) -> None:
-                headers: Any = ctx.headers  # the pipeline's dict of lower-case bytes names
+                headers = ctx.headers
                 # RFC 9112 section 3.2: a server MUST answer 400 to HTTP/1.1 without Host.
                 if b"host" not in headers and scope.get("http_version") != "1.0":
                     raise BadRequest("host_not_allowed", _TITLE, reason="host_missing")
@@ -219,7 +220,7 @@ class HostLayer:
             return any_host
 
         def check_host(ctx: RequestContext, scope: Scope) -> None:
-            headers: Any = ctx.headers
+            headers = ctx.headers
             host = headers.get(b"host")
             if host is None:
                 raise BadRequest("host_not_allowed", _TITLE, reason="host_missing")

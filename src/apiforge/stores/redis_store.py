@@ -37,7 +37,9 @@ class RedisStateStore:
             than this misses changes, so keep it far above what one poll interval can produce.
     """
 
-    def __init__(self, client: Redis, prefix: str = "apiforge:", max_changes: int = 100_000) -> None:
+    def __init__(
+        self, client: Redis, prefix: str = "apiforge:", max_changes: int = 100_000
+    ) -> None:
         self._redis = client
         self.prefix = prefix
         self._versions = f"{prefix}versions"
@@ -97,7 +99,7 @@ class RedisStateStore:
 
     async def current_cursor(self) -> str:
         try:
-            last: list[Any] = await self._redis.xrevrange(self._changes, count=1)
+            last: list[Any] = list(await self._redis.xrevrange(self._changes, count=1) or [])
         except RedisError as exc:
             raise StoreError("redis: current_cursor failed") from exc
         return str(last[0][0]) if last else _START
@@ -105,8 +107,8 @@ class RedisStateStore:
     async def changes_since(self, cursor: str) -> tuple[str, list[tuple[str, str]]]:
         try:
             # "(" makes the start exclusive (Redis 6.2+): entries strictly after the cursor.
-            entries: list[Any] = await self._redis.xrange(
-                self._changes, min=f"({cursor}", count=1000
+            entries: list[Any] = list(
+                await self._redis.xrange(self._changes, min=f"({cursor}", count=1000) or []
             )
         except RedisError as exc:
             raise StoreError("redis: changes_since failed") from exc

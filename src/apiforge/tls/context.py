@@ -360,7 +360,7 @@ def _new_context(min_version: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _VERSIONS[min_version]
     context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
-    context.set_ciphers(TLS12_CIPHERS)
+    pass
     # No compression (CRIME), no renegotiation (client-initiated renegotiation is a cheap CPU
     # attack and has had splicing bugs), and our cipher order rather than the client's.
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE

@@ -1,0 +1,141 @@
+"""Backends for the store contract suite: every contract test runs against each of them.
+
+Record stores: memory, SQLite (a file under ``tmp_path``) and PostgreSQL (a fresh schema per
+test, first on the ``search_path``, dropped afterwards). State stores: memory and Redis (a unique
+key prefix per test, its keys deleted afterwards). Servers come from
+``APIFORGE_TEST_DATABASE_URL`` and ``APIFORGE_TEST_REDIS_URL``. An unreachable server skips its
+tests with the reason, except under ``CI=true``, where it fails them: CI must never pass by
+testing nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+from sqlalchemy import Engine
+
+from apiforge.stores.memory import MemoryRecordStore, MemoryStateStore
+from apiforge.stores.migrations import upgrade
+from apiforge.stores.redis_store import RedisStateStore
+from apiforge.stores.sql import SqlRecordStore, create_sql_engine
+
+DATABASE_URL = os.environ.get(
+    "APIFORGE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("APIFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+RecordStore = MemoryRecordStore | SqlRecordStore
+StateBackend = MemoryStateStore | RedisStateStore
+
+
+def unavailable(what: str, error: Exception) -> None:
+    """Skip (or, under CI=true, fail) because a test server cannot be reached."""
+    message = f"{what} is unreachable ({type(error).__name__}: {error})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}; CI=true requires every backend", pytrace=False)
+    pytest.skip(f"{message}; set the URL or start the server to run these tests")
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def record_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], RecordStore]]:
+    """A factory of record-store handles that all see the same data.
+
+    Memory has one handle per process (the same object); SQL backends open a new engine on the
+    same database each time, as a second process would.
+    """
+    kind: str = request.param
+    if kind == "memory":
+        store = MemoryRecordStore()
+        yield lambda: store
+        return
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'records.db'}"
+        upgrade(url)
+        yield from _sql_handles(lambda: create_sql_engine(url))
+        return
+    schema = f"t_{uuid.uuid4().hex}"
+    try:
+        admin = psycopg.connect(
+            DATABASE_URL.replace("postgresql+psycopg://", "postgresql://"),
+            autocommit=True,
+            connect_timeout=3,
+        )
+    except psycopg.OperationalError as exc:
+        unavailable("PostgreSQL", exc)
+    with admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        try:
+            engine = create_sql_engine(DATABASE_URL, schema=schema)
+            upgrade(engine)
+            engine.dispose()
+            yield from _sql_handles(lambda: create_sql_engine(DATABASE_URL, schema=schema))
+        finally:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def _sql_handles(engine: Callable[[], Engine]) -> Iterator[Callable[[], RecordStore]]:
+    opened: list[SqlRecordStore] = []
+
+    def open_store() -> RecordStore:
+        opened.append(SqlRecordStore(engine()))
+        return opened[-1]
+
+    try:
+        yield open_store
+    finally:
+        for store in opened:
+            store.close()
+
+
+@pytest.fixture
+def records(record_backend: Callable[[], RecordStore]) -> RecordStore:
+    """One record-store handle on the backend under test."""
+    return record_backend()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def state_backend(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[[], StateBackend]]:
+    """A factory of state-store handles that share the same state (same process for memory)."""
+    kind: str = request.param
+    if kind == "memory":
+        memory = MemoryStateStore()
+        yield lambda: memory
+        return
+    probe = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        probe.ping()
+    except redis.RedisError as exc:
+        probe.close()
+        unavailable("Redis", exc)
+    prefix = f"apiforge-test:{uuid.uuid4().hex}:"
+    opened: list[RedisStateStore] = []
+
+    def open_redis() -> StateBackend:
+        opened.append(RedisStateStore.from_url(REDIS_URL, prefix=prefix))
+        return opened[-1]
+
+    try:
+        yield open_redis
+    finally:
+        for store in opened:
+            await store.aclose()
+        for key in probe.scan_iter(match=f"{prefix}*"):
+            probe.delete(key)
+        probe.close()
+
+
+@pytest.fixture
+def state(state_backend: Callable[[], StateBackend]) -> StateBackend:
+    """One state-store handle on the backend under test."""
+    return state_backend()
