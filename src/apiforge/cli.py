@@ -44,6 +44,31 @@ def check_config(
     out.print(f"OK: {file}", markup=False, highlight=False)
 
 
+certs = typer.Typer(help="Certificates for HTTPS.", no_args_is_help=True)
+app.add_typer(certs, name="certs")
+
+
+@certs.command("dev")
+def certs_dev(
+    directory: Annotated[Path, typer.Argument(help="Where to write the files.", file_okay=False)],
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="A name the certificate covers (repeat).")
+    ] = None,
+) -> None:
+    """Write a development CA, server certificate and key; print the SPKI pins."""
+    from apiforge.tls import write_dev_certificates
+
+    made = write_dev_certificates(directory, tuple(host) if host else
+                                  ("localhost", "127.0.0.1", "::1"))
+    out.print(f"CA certificate     {made.ca_cert}", markup=False, highlight=False)
+    out.print(f"server chain       {made.server_cert}", markup=False, highlight=False)
+    out.print(f"server key (0600)  {made.server_key}", markup=False, highlight=False)
+    out.print(f"backup key (0600)  {made.backup_key}", markup=False, highlight=False)
+    out.print("SPKI pins, for clients that pin (ship both):", markup=False, highlight=False)
+    out.print(f"  server  {made.server_pin}", markup=False, highlight=False)
+    out.print(f"  backup  {made.backup_pin}", markup=False, highlight=False)
+
+
 @app.command("policy-docs")
 def policy_docs() -> None:
     """Print the policy reference (docs/policy.md), generated from the policy models."""

@@ -103,8 +103,9 @@ def test_ca_profile(dev: DevCertificates) -> None:
     assert constraints.value.ca is True
     assert constraints.value.path_length == 0
     assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
-    assert ca.public_key().curve.name == "secp256r1"
+    public_key = ca.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert public_key.curve.name == "secp256r1"
     lifetime = ca.not_valid_after_utc - ca.not_valid_before_utc
     assert dt.timedelta(days=3640) <= lifetime <= dt.timedelta(days=3660)
     names = ca.extensions.get_extension_for_class(x509.NameConstraints)
@@ -117,8 +118,9 @@ def test_ca_profile(dev: DevCertificates) -> None:
 
 def test_server_profile(dev: DevCertificates) -> None:
     leaf = _chain(dev.server_cert)[0]
-    assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
-    assert leaf.public_key().curve.name == "secp256r1"
+    public_key = leaf.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert public_key.curve.name == "secp256r1"
     assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]

@@ -25,6 +25,7 @@ __all__ = [
     "RouteSettings",
     "ServerSettings",
     "TimeoutSettings",
+    "TlsPolicySettings",
     "parse_route_key",
     "route_limits",
     "route_timeouts",
@@ -135,6 +136,28 @@ class ServerSettings(PolicyModel):
     """Open connections allowed in all."""
 
 
+class TlsPolicySettings(PolicyModel):
+    """HTTPS for the servers APIForge starts."""
+
+    min_version: Literal["1.3", "1.2"] = "1.3"
+    """Oldest TLS version accepted. `1.3` (the default) refuses every older client; `1.2`
+    also accepts TLS 1.2 with ECDHE key exchange and AEAD ciphers only. Nothing lower exists
+    here: older versions have known attacks."""
+
+    certfile: str | None = None
+    """PEM file with the server certificate followed by its intermediates (the full chain).
+    The demo makes a development certificate in its data directory when this is empty.
+    Reloaded without a restart when the file changes."""
+
+    keyfile: str | None = None
+    """PEM file with the certificate's private key (keep it mode 0600)."""
+
+    canonical_host: str = "localhost"
+    """The host name clients use. The plain-HTTP listener redirects to `https://` + this
+    name, never to the request's own `Host` (which would be an open redirect), and the
+    certificate must cover it."""
+
+
 class FieldSanitizer(PolicyModel):
     """How one string field of a request body is cleaned before the app sees it."""
 
@@ -224,6 +247,9 @@ class Policy(PolicyModel):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     """Connection-level protections of the servers APIForge runs; see `ServerSettings`."""
+
+    tls: TlsPolicySettings = Field(default_factory=TlsPolicySettings)
+    """HTTPS settings; see `TlsPolicySettings`."""
 
     problem_type_base: str = "https://apiforge.dev/docs/errors.md"
     """Base of the `type` link of problem responses; `#<code>` is appended."""

@@ -29,9 +29,9 @@ headers) has been parsed. Two attacks never get that far and have to be stopped 
 
 Cost on the normal path: one timer per connection, re-armed lazily (the deadline is a float that
 a response stores; the timer, when it fires, moves itself to the stored deadline), and no work
-per byte. Per request, the httptools variant adds three method calls (head complete, response
-complete) and the h11 variant one per received chunk; per connection, one dictionary update on
-open and on close.
+per byte. Per request, the httptools variant adds two short method calls (head complete, response
+complete), the h11 variant one per received chunk and one per response; per connection, one
+dictionary update on open and one on close.
 
 Scope and limits of what is protected:
 
@@ -199,7 +199,7 @@ class ConnectionTracker:
             else the HTTP status to refuse it with: ``503`` at the global cap, ``429`` at the
             client's cap.
         """
-        if False:
+        if self._total >= self.limits.max_connections:
             self.refused_total += 1
             return 503
         count = self._per_client.get(key, 0)
@@ -326,7 +326,6 @@ class _ConnectionGuard:
 
     def _on_head_timer(self) -> None:
         self._head_timer = None
-        return
         deadline = self._head_deadline
         if not deadline or self.transport.is_closing():
             return  # a request is in progress: the next response completion re-arms

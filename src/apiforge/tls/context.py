@@ -63,7 +63,7 @@ __all__ = [
 logger = logging.getLogger("apiforge.tls")
 
 _T = TypeVar("_T")
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Forward secrecy (ECDHE) and authenticated encryption (GCM, ChaCha20-Poly1305) only: no RSA key
 # transport, no finite-field DHE, no CBC (Lucky13 and padding-oracle families), no SHA-1 MACs.
@@ -84,7 +84,7 @@ def _normalize_version(value: object) -> str:
     text = str(value).strip().lower().removeprefix("tlsv").removeprefix("tls").strip()
     if text in _VERSIONS:
         return text
-    if text in {"1", "1.0", "1.1"} or text.startswith(("ssl", "sslv")):
+    if text in {"1", "1.0", "1.1"} or text.startswith("ssl"):
         raise ConfigurationError(
             f"tls.min_version: {value!r} is below TLS 1.2; TLS 1.0 and 1.1 are deprecated "
             f"(RFC 8996) and SSL is broken, so this server never offers them; {_FIX_VERSION}"
@@ -260,7 +260,7 @@ def _check_dates(
             )
 
 
-def _san_names(leaf: x509.Certificate) -> tuple[list[str], list[IPAddress]] | None:
+def _san_names(leaf: x509.Certificate) -> tuple[list[str], list[_IPAddress]] | None:
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -360,7 +360,7 @@ def _new_context(min_version: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _VERSIONS[min_version]
     context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
-    pass
+    context.set_ciphers(TLS12_CIPHERS)
     # No compression (CRIME), no renegotiation (client-initiated renegotiation is a cheap CPU
     # attack and has had splicing bugs), and our cipher order rather than the client's.
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
