@@ -1,4 +1,4 @@
-"""``protect(app, policy)``: the library-mode entry point."""
+"""``protect(app, policy)``: the library-mode entry point, and the standard layer order."""
 
 from __future__ import annotations
 
@@ -6,11 +6,48 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from apiforge.core.pipeline import ASGIApp, Pipeline
-from apiforge.events import EventBus
-from apiforge.policy import Policy, load_policy
+from pydantic import BaseModel
 
-__all__ = ["protect"]
+from apiforge.core.pipeline import ASGIApp, Layer, Pipeline
+from apiforge.events import EventBus, JsonLinesSink
+from apiforge.layers.cors import CorsLayer
+from apiforge.layers.headers import SecurityHeadersLayer
+from apiforge.layers.hosts import HostLayer
+from apiforge.layers.validation import BusinessCheck, ValidationLayer
+from apiforge.policy import Policy, load_policy
+from apiforge.policy.models import EventsSettings
+
+__all__ = ["event_bus", "protect", "standard_layers"]
+
+
+def event_bus(settings: EventsSettings) -> EventBus:
+    """The event bus the policy's ``events`` section describes, started."""
+    bus = EventBus([JsonLinesSink()] if settings.sink == "stdout" else [],
+                   queue_size=settings.queue_size)
+    bus.start()
+    return bus
+
+
+def standard_layers(
+    policy: Policy,
+    events: EventBus,
+    *,
+    models: Mapping[str, type[BaseModel]] | None = None,
+    checks: Mapping[str, BusinessCheck] | None = None,
+) -> list[Layer]:
+    """The layers every protected app runs, in their fixed order.
+
+    Host allowlist first (nothing is answered for a host we do not serve), then CORS preflights
+    (answered before authentication, as browsers send them without credentials), the security
+    headers on every response, and body validation last, after every check of who is calling.
+    """
+    overrides = {key: route.headers for key, route in policy.routes.items() if route.headers}
+    return [
+        HostLayer(policy.hosts),
+        CorsLayer(policy.cors, events),
+        SecurityHeadersLayer(policy.security_headers, overrides),
+        ValidationLayer(policy, models=models, checks=checks),
+    ]
 
 
 def protect(
@@ -18,6 +55,8 @@ def protect(
     policy: Policy | Mapping[str, Any] | str | Path | None = None,
     *,
     events: EventBus | None = None,
+    models: Mapping[str, type[BaseModel]] | None = None,
+    checks: Mapping[str, BusinessCheck] | None = None,
 ) -> Pipeline:
     """Wrap an ASGI app (FastAPI, Starlette, Litestar, ...) in APIForge's pipeline.
 
@@ -26,9 +65,18 @@ def protect(
         policy: a :class:`Policy`, a mapping, or a path to ``apiforge.yaml`` (default
             ``./apiforge.yaml``). Unknown keys and unsafe values raise ``ConfigurationError``
             here, at start-up, never at request time.
-        events: where security events go; by default a JSON-lines writer to stdout.
+        events: where security events go; by default what the policy's ``events`` says.
+        models: pydantic models validating request bodies, by route key
+            (``{"PUT /v1/users/me": ProfileUpdate}``), in strict mode.
+        checks: business rules run on validated bodies, by route key; they raise
+            ``ValidationFailed``.
 
     Returns:
         The protected ASGI app.
     """
-    return Pipeline(app, load_policy(policy), events=events)
+    loaded = load_policy(policy)
+    bus = events if events is not None else event_bus(loaded.events)
+    layers = standard_layers(loaded, bus, models=models, checks=checks)
+    pipeline = Pipeline(app, loaded, layers=layers, events=bus)
+    pipeline.owns_events = events is None
+    return pipeline

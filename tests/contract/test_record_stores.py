@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from apiforge.errors import StoreError
+from apiforge.errors import ConfigurationError, StoreError
 from apiforge.identity import Account, ApiKeyRecord, Application
+from apiforge.stores import open_identity_stores
 from apiforge.stores.memory import MemoryRecordStore
 from apiforge.stores.sql import SqlRecordStore, metadata
 
@@ -163,3 +165,49 @@ def test_database_refuses_unknown_status(records: RecordStore) -> None:
     records.add_application(application())
     with pytest.raises(StoreError):
         records.add_key(key(status="paused"))
+
+
+@pytest.mark.parametrize(
+    ("records_url", "state_url", "key"),
+    [
+        ("mysql://u:hunter2@db/x", "memory://", "stores.records"),
+        ("memory://", "memcached://cache", "stores.state"),
+        ("sqlite", "memory://", "stores.records"),
+    ],
+)
+def test_unknown_scheme_names_the_key_and_the_choices(
+    records_url: str, state_url: str, key: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        open_identity_stores(records_url, state_url)
+    message = str(caught.value)
+    assert message.startswith(f"{key}: unsupported URL scheme")
+    assert "accepted schemes:" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("records_url", "state_url", "key"),
+    [
+        ("memory://", "redis://127.0.0.1:6379/0", "stores.records"),
+        (None, "memory://", "stores.state"),
+    ],
+)
+def test_memory_is_refused_with_several_workers(
+    records_url: str | None, state_url: str, key: str, tmp_path: Path
+) -> None:
+    url = records_url or f"sqlite:///{tmp_path / 'r.db'}"
+    with pytest.raises(ConfigurationError, match=f"^{key}: memory://"):
+        open_identity_stores(url, state_url, workers=4)
+
+
+async def test_open_sqlite_migrates_and_works(tmp_path: Path) -> None:
+    stores = open_identity_stores(f"sqlite:///{tmp_path / 'id.db'}", "memory://")
+    try:
+        assert isinstance(stores.api_keys, SqlRecordStore)
+        stores.applications.add_application(application())
+        assert stores.applications.get_application("app_1") == application()
+    finally:
+        await stores.aclose()
+    with pytest.raises(ConfigurationError):
+        open_identity_stores("sqlite:///:memory:", "memory://")

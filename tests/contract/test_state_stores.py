@@ -171,18 +171,25 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def test_refresher_applies_each_change_once(
-    state: StateBackend,
-) -> None:
+async def test_refresher_applies_each_change_once(state: StateBackend) -> None:
     records = MemoryRecordStore()
     service = AccountService(records, state)
-    refresher = CacheRefresher(state, [service])
+    refresher = CacheRefresher(state, [service])  # polled by hand: no background task
+    await state.publish_change("account", "old")
+    assert await refresher.poll_once() == 0  # takes a cursor after the existing changes
+    records.add_account(Account("acc_x", "x", frozenset()))
+    await state.publish_change("account", "acc_x")
+    assert service.get("acc_x") is None
+    assert await refresher.poll_once() == 1
+    assert service.get("acc_x") is not None
+    assert await refresher.poll_once() == 0
+
+
+async def test_refresher_stops_promptly(state: StateBackend) -> None:
+    refresher = CacheRefresher(state, [AccountService(MemoryRecordStore(), state)])
     await refresher.start()
-    try:
-        records.add_account(Account("acc_x", "x", frozenset()))
-        await state.publish_change("account", "acc_x")
-        assert await refresher.poll_once() == 1
-        assert service.get("acc_x") is not None
-        assert await refresher.poll_once() == 0
-    finally:
-        await refresher.stop()
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await refresher.stop()
+    assert time.monotonic() - started < 1.0
+    assert refresher.seconds_since_sync < 1.0

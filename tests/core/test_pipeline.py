@@ -30,6 +30,7 @@ POLICY = {
         "GET /who": {},
     },
     "events": {"sink": "none"},
+    "hosts": {"allowed_hosts": ["testserver", "t"]},
 }
 
 

@@ -163,3 +163,13 @@ async def test_star_allows_any_host_but_not_a_missing_one_on_http11(events: Even
     assert await call(wrapped, scope([], "1.0")) == 200
     assert await call(wrapped, scope([])) == 400
     assert app.calls == 2
+
+
+def test_pattern_matches_are_remembered_within_a_bound() -> None:
+    hosts = layer("*.apps.example.com")
+    for i in range(3000):
+        assert hosts.allows(f"h{i}.apps.example.com".encode())
+        assert not hosts.allows(f"h{i}.evil.com".encode())
+    assert len(hosts._known) <= 1024
+    assert hosts.allows(b"h2999.apps.example.com")
+    assert not hosts.allows(b"apps.example.com")

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from apiforge.core.body import declared_length, drain, read_body, replay, stream_limit
 from apiforge.core.client import ClientResolver, normalize_address
@@ -50,7 +50,9 @@ from apiforge.errors import (
     ValidationFailed,
 )
 from apiforge.events import EventBus, JsonLinesSink, RequestMetrics, make_event
-from apiforge.policy.models import Policy, route_limits, route_timeouts
+
+if TYPE_CHECKING:
+    from apiforge.policy.models import Policy
 
 __all__ = ["ASGIApp", "Layer", "Pipeline"]
 
@@ -133,10 +135,11 @@ class Pipeline:
         self.policy = policy
         self.routes = RouteTable(policy.routes, policy.trailing_slash)
         self.clients = ClientResolver(policy.trusted_proxies)
-        self._owns_events = events is None
+        self.owns_events = events is None
+        """Close the event bus when the server shuts down (it was made for this pipeline)."""
         if events is None:
-            sinks = [JsonLinesSink()] if policy.events.sink == "stdout" else []
-            events = EventBus(sinks, queue_size=policy.events.queue_size)
+            events = EventBus([JsonLinesSink()] if policy.events.sink == "stdout" else [],
+                              queue_size=policy.events.queue_size)
             events.start()
         self.events = events
         self.metrics = RequestMetrics(dropped=lambda: events.dropped)
@@ -154,6 +157,8 @@ class Pipeline:
         self._response_hooks: tuple[ResponseHook, ...] = tuple(
             hook for hook in (layer.response_hook() for layer in self.layers) if hook is not None
         )
+        from apiforge.policy.models import route_limits, route_timeouts  # noqa: PLC0415
+
         for plan in self.routes.plans:
             route_limit = route_limits(policy, plan.settings)
             route_timeout = route_timeouts(policy, plan.settings)
@@ -262,7 +267,7 @@ class Pipeline:
         """Flush and close our own event writer when the server shuts down."""
 
         async def lifespan_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete" and self._owns_events:
+            if message["type"] == "lifespan.shutdown.complete" and self.owns_events:
                 self.events.close()
             await send(message)
 

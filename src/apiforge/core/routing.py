@@ -12,10 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from apiforge.errors import BadRequest, MethodNotAllowed, NotFound
-from apiforge.policy.models import RouteSettings, parse_route_key
+from apiforge.policy.routes import parse_route_key
+
+if TYPE_CHECKING:
+    from apiforge.policy.models import RouteSettings
 
 __all__ = ["Respond", "RouteMatch", "RoutePlan", "RouteTable", "TrailingSlashRedirect"]
 

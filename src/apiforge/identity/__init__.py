@@ -117,6 +117,7 @@ class CacheRefresher:
         self._cursor: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_sync = time.monotonic()
+        self._stopping = asyncio.Event()
 
     @property
     def seconds_since_sync(self) -> float:
@@ -131,6 +132,7 @@ class CacheRefresher:
         """
         if self._task is not None:
             raise RuntimeError("already started")
+        self._stopping.clear()
         self._cursor = await self._state.current_cursor()
         for service in self._services:
             count = await service.load()
@@ -163,7 +165,7 @@ class CacheRefresher:
 
     async def _run(self) -> None:
         next_flush = time.monotonic() + self._flush_interval
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.poll_once()
                 if time.monotonic() >= next_flush:
@@ -172,13 +174,24 @@ class CacheRefresher:
             except Exception:
                 # Keep polling: stopping would freeze every cache at its current content.
                 _log.exception("identity cache refresh failed; retrying")
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
 
-    async def stop(self) -> None:
-        """Stop polling and flush what is buffered."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop polling after the current poll, then flush what is buffered.
+
+        A stop flag rather than cancellation alone: some client libraries turn a cancellation
+        that lands inside a network call into an ordinary error, which the loop would survive.
+
+        Args:
+            timeout: seconds to wait for the current poll before cancelling it.
+        """
         task, self._task = self._task, None
+        self._stopping.set()
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            _, pending = await asyncio.wait({task}, timeout=timeout)
+            if pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.flush()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator, model_validator
 
@@ -42,7 +42,10 @@ from apiforge.core.routing import Respond, RoutePlan, RouteTable
 from apiforge.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from apiforge.events import EventBus, make_event
 from apiforge.policy.base import PolicyModel
-from apiforge.policy.models import HTTP_METHODS, RouteSettings
+from apiforge.policy.routes import HTTP_METHODS
+
+if TYPE_CHECKING:
+    from apiforge.policy.models import RouteSettings
 
 __all__ = ["CorsLayer", "CorsSettings"]
 
@@ -55,10 +58,12 @@ _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 _LABELS = re.compile(rb"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\Z")
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
+_KNOWN_LIMIT = 1024
 _TITLE = "This cross-origin request is not allowed."
 
 _ACAO = b"access-control-allow-origin"
 _VARY = b"vary"
+_VARY_NAMES = frozenset({b"vary", b"Vary", b"VARY"})
 _PREFLIGHT_VARY = b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 
@@ -224,6 +229,9 @@ class CorsLayer:
             else:
                 exact.add(origin.encode())
         self._exact = frozenset(exact)
+        # Origins already matched by a pattern, as received, so the next request from the same
+        # origin costs one set lookup; only allowed origins enter, emptied when full.
+        self._known: set[bytes] = set(exact)
         self._patterns = tuple(patterns)
         self._methods = frozenset(settings.allow_methods)
         self._headers = frozenset(name.lower().encode() for name in settings.allow_headers)
@@ -247,7 +255,7 @@ class CorsLayer:
 
     def allows(self, origin: bytes) -> bool:
         """Whether ``origin`` (an ``Origin`` header value, bytes) may read our answers."""
-        if self._any or origin in self._exact:
+        if self._any or origin in self._known:
             return True
         for prefix, suffix in self._patterns:
             if (
@@ -256,6 +264,9 @@ class CorsLayer:
                 and len(origin) > len(prefix) + len(suffix)
                 and _LABELS.match(origin, len(prefix), len(origin) - len(suffix))
             ):
+                if len(self._known) >= _KNOWN_LIMIT:
+                    self._known = set(self._exact)
+                self._known.add(origin)
                 return True
         return False
 
@@ -300,6 +311,15 @@ class CorsLayer:
             request_headers = ctx.headers
             origin = request_headers.get(b"origin")
             if origin is not None and allows(origin):
+                if (
+                    status != 204
+                    and ctx.method == "OPTIONS"
+                    and b"access-control-request-method" in request_headers
+                ):
+                    # A preflight we did not answer 204 (refused, or not a declared path)
+                    # gets no CORS header at all, so nothing about it reads as a grant.
+                    _add_vary_origin(headers)
+                    return
                 # Never `*` when credentials are allowed (refused at load), so the exact
                 # origin is echoed: it passed the allowlist, so it is a well-formed value.
                 headers.append((_ACAO, b"*" if any_origin else origin))
@@ -361,12 +381,17 @@ def _shown(origin: bytes) -> str:
 
 
 def _add_vary_origin(headers: list[Header]) -> None:
-    """Add ``Origin`` to the response's ``Vary``, merging into an existing one (RFC 9110 12.5.5)."""
-    for index, (name, value) in enumerate(headers):
-        if name == _VARY or name.lower() == _VARY:
+    """Add ``Origin`` to the response's ``Vary``, merging into an existing one (RFC 9110 12.5.5).
+
+    ``Vary`` is found in lower case (as ASGI requires) or its usual spellings, without
+    lower-casing every name per response; under an odd spelling a second ``Vary`` line is
+    added, which RFC 9110 section 5.3 defines as the same as one combined line.
+    """
+    for name, value in headers:
+        if name in _VARY_NAMES:
             tokens = [token.strip().lower() for token in value.split(b",")]
             if b"*" in tokens or b"origin" in tokens:
                 return
-            headers[index] = (name, value + b", Origin")
+            headers[headers.index((name, value))] = (name, value + b", Origin")
             return
     headers.append((_VARY, b"Origin"))

@@ -41,7 +41,7 @@ from apiforge.core.pipeline import RequestHook, ResponseHook
 from apiforge.core.routing import RoutePlan
 from apiforge.errors import ConfigurationError
 from apiforge.policy.base import PolicyModel
-from apiforge.policy.models import parse_route_key
+from apiforge.policy.routes import parse_route_key
 
 __all__ = ["RouteHeadersSettings", "SecurityHeadersLayer", "SecurityHeadersSettings"]
 
@@ -61,9 +61,14 @@ _RESERVED = frozenset({
     "connection", "keep-alive", "upgrade", "trailer", "te", "location", "vary",
     "www-authenticate", "retry-after", "allow",
 })
-_BANNERS = frozenset({b"server", b"x-powered-by"})
-# Names that make the response hook rewrite the app's headers (compared lower-cased).
-_WATCHED = frozenset({b"server", b"x-powered-by", b"cache-control"})
+# Response header names are matched as ASGI requires them (lower case) and in their usual
+# Title-Case spelling, without lower-casing each name per response. These headers come from
+# our own app or upstream, not from the client, so an odd spelling is not an attacker's bypass.
+_BANNERS = frozenset({b"server", b"Server", b"SERVER", b"x-powered-by", b"X-Powered-By",
+                      b"X-POWERED-BY"})
+_CACHE_CONTROL = frozenset({b"cache-control", b"Cache-Control", b"CACHE-CONTROL"})
+# Names that make the response hook rewrite the app's headers.
+_WATCHED = _BANNERS | _CACHE_CONTROL
 _NO_STORE: Header = (b"cache-control", b"no-store")
 
 FrameOptions = Literal["DENY", "SAMEORIGIN"]
@@ -285,7 +290,7 @@ class SecurityHeadersLayer:
             watched = _WATCHED if credentialed else _BANNERS
             keep_cache_control = False
             for name, _ in headers:
-                if name.lower() in watched:
+                if name in watched:
                     # Rare: the app set a banner or a Cache-Control; rewrite the list in place.
                     keep_cache_control = _clean(headers, credentialed)
                     break
@@ -310,10 +315,9 @@ def _clean(headers: list[Header], credentialed: bool) -> bool:
     kept: list[Header] = []
     no_store = False
     for name, value in headers:
-        lower = name.lower()
-        if lower in _BANNERS:
+        if name in _BANNERS:
             continue
-        if credentialed and lower == b"cache-control":
+        if credentialed and name in _CACHE_CONTROL:
             if b"no-store" not in value.lower():
                 continue  # a per-user answer must not be stored: ours replaces it
             no_store = True

@@ -37,6 +37,7 @@ _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 # A request's host name, once lower-cased: only DNS characters may precede an allowed suffix,
 # so `evil.com/x.example.com` or `a@b.example.com` never match `*.example.com`.
 _REQUEST_NAME = re.compile(rb"[a-z0-9-]+(?:\.[a-z0-9-]+)*\Z")
+_KNOWN_LIMIT = 1024
 _TITLE = "The Host header does not name a host this service answers for."
 
 
@@ -164,6 +165,10 @@ class HostLayer:
             else:
                 any_port.add(raw)
         self._names = frozenset(any_port)
+        # Header values already found allowed, as received: after the first request, a name
+        # matched by a pattern or with a port costs one set lookup too. Only allowed values
+        # enter it and it is emptied when full, so random names cannot grow it.
+        self._known: set[bytes] = set(self._names)
         self._names_with_port = frozenset(with_port)
         self._suffixes = tuple(suffixes)
         self._port_suffixes: Mapping[bytes, tuple[bytes, ...]] = {
@@ -173,10 +178,18 @@ class HostLayer:
     def allows(self, host: bytes) -> bool:
         """Whether a ``Host`` header value (as received, bytes) is allowed.
 
-        Exposed for the plain-HTTP listener and for tests; the request path uses the same code.
+        The request path runs the same check, with the set lookup inlined.
         """
-        if self._any or host in self._names:  # the common case: one set lookup
+        if self._any or host in self._known:  # the common case: one set lookup
             return True
+        if self._matches(host):
+            if len(self._known) >= _KNOWN_LIMIT:
+                self._known = set(self._names)
+            self._known.add(host)
+            return True
+        return False
+
+    def _matches(self, host: bytes) -> bool:
         host = host.lower()
         if host.startswith(b"["):
             end = host.find(b"]")
@@ -212,16 +225,16 @@ class HostLayer:
 
         if self._any:
             def any_host(ctx: RequestContext, scope: Scope) -> None:
-                headers = ctx.headers
                 # RFC 9112 section 3.2: a server MUST answer 400 to HTTP/1.1 without Host.
-                if b"host" not in headers and scope.get("http_version") != "1.0":
+                if b"host" not in ctx.headers and scope.get("http_version") != "1.0":
                     raise BadRequest("host_not_allowed", _TITLE, reason="host_missing")
 
             return any_host
 
         def check_host(ctx: RequestContext, scope: Scope) -> None:
-            headers = ctx.headers
-            host = headers.get(b"host")
+            host = ctx.headers.get(b"host")
+            if host in self._known:  # the common case: one set lookup
+                return
             if host is None:
                 raise BadRequest("host_not_allowed", _TITLE, reason="host_missing")
             if not allows(host):

@@ -13,9 +13,14 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 
+from apiforge.layers.cors import CorsSettings
+from apiforge.layers.headers import RouteHeadersSettings, SecurityHeadersSettings
+from apiforge.layers.hosts import HostSettings
 from apiforge.policy.base import PolicyModel
+from apiforge.policy.routes import HTTP_METHODS, parse_route_key
 
 __all__ = [
+    "HTTP_METHODS",
     "BodySettings",
     "EventsSettings",
     "FieldSanitizer",
@@ -32,40 +37,6 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=PolicyModel)
-
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# One template segment: literal text or a single `{name}` parameter.
-_SEGMENT = re.compile(r"^(?:[A-Za-z0-9._~!$&'()*+,=:@-]+|\{[A-Za-z_][A-Za-z0-9_]*\})$")
-
-
-def parse_route_key(key: str) -> tuple[str, str]:
-    """Split a route key ``"METHOD /path/{param}"`` into its method and path template.
-
-    Raises:
-        ValueError: with a message naming the problem and the expected form.
-    """
-    parts = key.split(" ")
-    if len(parts) != 2:
-        raise ValueError(f"route key {key!r} must be 'METHOD /path', e.g. 'GET /v1/users/{{id}}'")
-    method, path = parts
-    if method not in HTTP_METHODS:
-        raise ValueError(
-            f"route key {key!r}: method {method!r} must be one of {', '.join(sorted(HTTP_METHODS))}"
-        )
-    if not path.startswith("/"):
-        raise ValueError(f"route key {key!r}: the path must start with '/'")
-    if path != "/":
-        segments = path[1:].split("/")
-        if path.endswith("/"):
-            segments = segments[:-1]
-        for segment in segments:
-            if segment in (".", "..") or not _SEGMENT.match(segment):
-                raise ValueError(
-                    f"route key {key!r}: segment {segment!r} is not a literal or a {{name}}"
-                    " parameter (no empty segments, dot-segments, ';', '%' or '\\')"
-                )
-    return method, path
-
 
 class JsonLimitSettings(PolicyModel):
     """Limits on the structure of a JSON body, checked before it is parsed."""
@@ -204,6 +175,9 @@ class RouteSettings(PolicyModel):
     body: BodySettings | None = None
     """The body this route accepts. Without it, a body is only size-limited."""
 
+    headers: RouteHeadersSettings | None = None
+    """Overrides of the top-level `security_headers` for this route's responses."""
+
 
 class EventsSettings(PolicyModel):
     """Where security events go."""
@@ -247,6 +221,15 @@ class Policy(PolicyModel):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     """Connection-level protections of the servers APIForge runs; see `ServerSettings`."""
+
+    hosts: HostSettings = Field(default_factory=HostSettings)
+    """Which `Host` names this service answers for; see `HostSettings`."""
+
+    security_headers: SecurityHeadersSettings = Field(default_factory=SecurityHeadersSettings)
+    """Headers added to every response, errors included; see `SecurityHeadersSettings`."""
+
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    """Cross-origin access for browsers; off unless `allow_origins` is set."""
 
     tls: TlsPolicySettings = Field(default_factory=TlsPolicySettings)
     """HTTPS settings; see `TlsPolicySettings`."""
