@@ -80,41 +80,26 @@ def policy_docs() -> None:
 @app.command()
 def demo(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8443,
+    port: Annotated[int, typer.Option(help="HTTPS port.", min=1, max=65535)] = 8443,
+    http_port: Annotated[
+        int, typer.Option("--http-port", help="Plain-HTTP port (redirects to HTTPS).",
+                          min=1, max=65535)
+    ] = 8080,
     data_dir: Annotated[
-        Path, typer.Option("--data-dir", help="Where the demo keeps its database.", file_okay=False)
+        Path, typer.Option("--data-dir", help="Where the demo keeps its database and keys.",
+                           file_okay=False)
     ] = Path(".apiforge/demo"),
     policy: PolicyOption = None,
 ) -> None:
-    """Run the reference users API, protected by every layer, on embedded storage."""
-    from apiforge.demo import load_demo_policy
-    from apiforge.demo.app import create_app
-    from apiforge.protection import protect
-    from apiforge.server import serve
+    """Run the reference users API, protected by every layer, on embedded storage, over HTTPS."""
+    from apiforge.demo.server import run_demo
 
     try:
-        loaded = load_demo_policy(policy)
+        run_demo(host=host, port=port, http_port=http_port, data_dir=data_dir,
+                 policy_path=policy)
     except ConfigurationError as exc:
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(1) from None
-    protected = protect(create_app(data_dir), loaded)
-
-    def ready(url: str) -> None:
-        typer.echo(f"apiforge demo ready on {url}")
-        typer.echo(
-            "\n"
-            "  Every request acts as the user alice until authentication is configured.\n\n"
-            f"  curl -s {url}/v1/users/me\n"
-            f"  curl -s -X PUT {url}/v1/users/me -H 'Content-Type: application/json' \\\n"
-            "       -d '{\"email\": \"alice@example.com\", \"age\": 34, "
-            "\"bio\": \"<b>Hi</b> there\"}'\n"
-            f"  curl -s {url}/v1/users/2\n"
-            f"  curl -s {url}/openapi.json\n"
-            f"  curl -si --path-as-is {url}/v1/users/me/../2   # refused: 400 problem+json\n"
-            "\n  Security events are written to this terminal as JSON lines. Ctrl-C stops.",
-        )
-
-    serve(protected, host=host, port=port, on_ready=ready)
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ from apiforge.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from apiforge.events import EventBus, JsonLinesSink, RequestMetrics, make_event
+from apiforge.events import EventBus, JsonLinesSink, Level, RequestMetrics, make_event
 
 if TYPE_CHECKING:
     from apiforge.policy.models import Policy
@@ -157,7 +157,7 @@ class Pipeline:
         self._response_hooks: tuple[ResponseHook, ...] = tuple(
             hook for hook in (layer.response_hook() for layer in self.layers) if hook is not None
         )
-        from apiforge.policy.models import route_limits, route_timeouts  # noqa: PLC0415
+        from apiforge.policy.models import route_limits, route_timeouts
 
         for plan in self.routes.plans:
             route_limit = route_limits(policy, plan.settings)
@@ -410,9 +410,9 @@ class Pipeline:
         if name is None:
             return  # the refusing layer emitted a better-named event of its own
         self.metrics.denied(name)
-        self.events.emit(make_event(name, ctx=ctx,
-                                    level="CRITICAL" if error.status >= 500 else "WARN", reason=error.reason or error.code,
-                                    status=error.status))
+        level: Level = "CRITICAL" if error.status >= 500 else "WARN"
+        self.events.emit(make_event(name, ctx=ctx, level=level,
+                                    reason=error.reason or error.code, status=error.status))
 
     def _report(self, ctx: RequestContext, error: ApiError) -> None:
         """Report-only mode: emit what a refusal would have emitted, and let it through."""

@@ -35,7 +35,7 @@ from apiforge.core.context import get_context
 from apiforge.core.problem import PROBLEM_CONTENT_TYPE, problem_body
 from apiforge.demo.db import UserNotFound, UserRepository
 from apiforge.demo.openapi import build_openapi
-from apiforge.demo.schemas import parse_profile_update
+from apiforge.demo.schemas import ProfileUpdate, parse_profile_update
 from apiforge.errors import (
     ApiError,
     BadRequest,
@@ -226,9 +226,13 @@ def create_app(data_dir: Path) -> Starlette:
         return ORJSONResponse(user.to_public())
 
     async def _update_me(request: Request, username: str) -> Response:
-        if not _is_json(request.headers.get("content-type")):
-            raise UnsupportedMediaType()
-        update = parse_profile_update(await _read_body(request))
+        ctx = get_context(request.scope)
+        if ctx is not None and isinstance(ctx.model, ProfileUpdate):
+            update = ctx.model  # validated by the pipeline: the body is parsed only once
+        else:
+            if not _is_json(request.headers.get("content-type")):
+                raise UnsupportedMediaType()
+            update = parse_profile_update(await _read_body(request))
         try:
             user = users.update_profile(
                 username, email=update.email, age=update.age, bio=update.bio

@@ -8,7 +8,6 @@ silently leave a protection switched off.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import ByteSize, Field, field_validator, model_validator
