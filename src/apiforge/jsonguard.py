@@ -191,9 +191,8 @@ _JUNK = rb"[^ \t\n\r][\s\S]*+"  # the rest of the window, from a byte no token s
 
 def _tokenizers(core: bytes) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
     # Whitespace between tokens is skipped by findall. In the last window, junk yields one
-    # empty token; in an earlier one it is captured, so its offset can be found (it is never
-    # scanned there: the last token of a window may be cut by its edge and is left for the
-    # next one).
+    # empty token; in an earlier one it is captured whole, so rfind can place it (it is never
+    # checked there: the window's last two tokens are left for the next window).
     return re.compile(b"(" + core + b")|" + _JUNK), re.compile(b"(" + core + b"|" + _JUNK + b")")
 
 

@@ -92,7 +92,8 @@ async def test_valid_body_is_parsed_once_and_handed_over() -> None:
     ({"name": "x", "age": 12}, [("age", "Must be at least 13.")]),
     ({"name": "x" * 21, "age": 30}, [("name", "Must be at most 20 characters.")]),
     ({"age": 30}, [("name", "This field is required.")]),
-    ({"name": "x", "age": 30, "tags": ["a", "b", "c", "d"]}, [("tags", "Must have at most 3 items.")]),
+    ({"name": "x", "age": 30, "tags": ["a", "b", "c", "d"]},
+     [("tags", "Must have at most 3 items.")]),
     ({"name": "admin", "age": 30}, [("name", "This name is reserved.")]),
 ])
 async def test_pydantic_errors_in_our_words(payload: Any, expected: Any) -> None:
