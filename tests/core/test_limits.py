@@ -170,3 +170,41 @@ async def test_report_mode_lets_through_and_reports() -> None:
     assert {e["outcome"] for e in sink.events} == {"report"}
     assert len(sink.events) == 2
     bus.close()
+
+
+async def test_deadline_interrupts_database_work_in_a_thread(tmp_path: Any) -> None:
+    """The handler runs a long SQLite query in a thread; the deadline stops the query too."""
+    import sqlite3
+    import threading
+
+    from starlette.concurrency import run_in_threadpool
+
+    from apiforge.core.deadlines import sqlite_progress_handler
+
+    outcome: list[str] = []
+    finished = threading.Event()
+
+    def long_query() -> None:
+        db = sqlite3.connect(tmp_path / "slow.db", check_same_thread=False)
+        db.set_progress_handler(sqlite_progress_handler, 10_000)
+        try:
+            db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                       "WHERE i < 1000000000) SELECT count(*) FROM n").fetchone()
+            outcome.append("completed")
+        except sqlite3.OperationalError as exc:
+            outcome.append(str(exc))
+        finally:
+            db.close()
+            finished.set()
+
+    async def handler(request: Request) -> JSONResponse:
+        await run_in_threadpool(long_query)
+        return JSONResponse({})
+
+    target = Starlette(routes=[Route("/slow", handler)])
+    began = time.monotonic()
+    status, _, body, _ = await call(pipeline(target=target), "GET", "/slow")
+    assert status == 504 and orjson.loads(body)["code"] == "deadline_exceeded"
+    assert await asyncio.to_thread(finished.wait, 3)
+    assert outcome == ["interrupted"]
+    assert time.monotonic() - began < 2

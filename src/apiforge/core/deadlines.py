@@ -10,9 +10,40 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from contextvars import ContextVar
 from typing import Literal
 
-__all__ = ["DeadlineWatch", "Watched"]
+__all__ = ["DeadlineWatch", "Watched", "deadline_passed", "sqlite_progress_handler",
+           "time_remaining"]
+
+# The deadline of the request being handled, as a time.monotonic() value. Context variables
+# follow the request into the threads it starts (run_in_threadpool copies the context), so
+# blocking work in a thread can stop itself when the request's time is up.
+_deadline: ContextVar[float] = ContextVar("apiforge_deadline", default=math.inf)
+
+
+def time_remaining() -> float | None:
+    """Seconds left to the current request's deadline; ``None`` outside a request.
+
+    Give it to blocking work as its own timeout: PostgreSQL ``statement_timeout``, a socket
+    timeout. Cancelling the request's task does not stop a thread or a query by itself.
+    """
+    deadline = _deadline.get()
+    return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+
+
+def deadline_passed() -> bool:
+    """Whether the current request is past its deadline."""
+    return time.monotonic() >= _deadline.get()
+
+
+def sqlite_progress_handler() -> int:
+    """For ``sqlite3.Connection.set_progress_handler``: interrupts a query past the deadline.
+
+    SQLite calls it every N virtual-machine steps; a non-zero answer aborts the statement with
+    ``OperationalError: interrupted``.
+    """
+    return 1 if time.monotonic() >= _deadline.get() else 0
 
 TICK = 0.1
 
@@ -49,6 +80,7 @@ class DeadlineWatch:
         if task is None:  # pragma: no cover - ASGI servers always run requests in tasks
             raise RuntimeError("requests must run inside an asyncio task")
         entry = Watched(task, time.monotonic() + seconds, idle)
+        _deadline.set(entry.deadline)
         self._active[id(entry)] = entry
         watcher = self._watcher
         if watcher is None or watcher.done() or watcher.get_loop() is not task.get_loop():

@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import re
+from time import monotonic
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -235,15 +236,14 @@ class Pipeline:
             receive = await self._prepare_body(ctx, plan, receive, response, watched)
             for wrap in plan.receive_wrappers:
                 receive = wrap(ctx, receive)
-            await self._call_app(scope, receive, send, ctx, plan, head, response)
+            await self._call_app(scope, receive, send, ctx, plan, head, response, watched)
         except asyncio.CancelledError:
             if watched.expired is None:
                 raise  # the server is cancelling us: not ours to swallow
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            late: ApiError = RequestTimeout() if watched.expired == "idle" else GatewayTimeout()
-            late.reason = f"{watched.expired}_exceeded"
+            late = _late(watched)
             self._denied(ctx, late)
             if not response.started:
                 await self._send_problem(send, late, ctx, head)
@@ -308,7 +308,7 @@ class Pipeline:
 
     async def _call_app(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
-        plan: RoutePlan, head: bool, response: _Response,
+        plan: RoutePlan, head: bool, response: _Response, watched: Watched,
     ) -> None:
         id_header = (b"x-request-id", ctx.request_id.encode("ascii"))
         response_hooks = plan.response_start_hooks
@@ -328,6 +328,15 @@ class Pipeline:
                 if response.refusal is not None:  # the app turned our refusal into its own 5xx
                     response.replaced = response.refusal
                     observe(route_key, response.refusal.status)
+                    return
+                if watched.expired is not None or monotonic() >= watched.deadline:
+                    # Work that shields itself from cancellation (a thread) finished late:
+                    # its answer is past the deadline and is not sent.
+                    watched.expired = watched.expired or "deadline"
+                    late = _late(watched)
+                    self._denied(ctx, late)
+                    response.replaced = late
+                    observe(route_key, late.status)
                     return
                 if status >= 400 and not _is_problem(app_headers):
                     response.replaced = _error_for(status, app_headers)
@@ -419,6 +428,12 @@ class Pipeline:
         if error.event is not None:
             self.events.emit(make_event(error.event, ctx=ctx, outcome="report",
                                         reason=error.reason or error.code, status=error.status))
+
+
+def _late(watched: Watched) -> ApiError:
+    late: ApiError = RequestTimeout() if watched.expired == "idle" else GatewayTimeout()
+    late.reason = f"{watched.expired}_exceeded"
+    return late
 
 
 class _Response:

@@ -25,11 +25,14 @@ from sqlalchemy import (
     Text,
     bindparam,
     create_engine,
+    event,
     func,
     select,
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from apiforge.core.deadlines import sqlite_progress_handler
 
 __all__ = ["ROLES", "User", "UserNotFound", "UserRepository", "users_table"]
 
@@ -124,6 +127,9 @@ class UserRepository:
                 "timeout": 5.0,
             },
         )
+        # A query still running when its request's deadline passes is interrupted, since
+        # cancelling the request cannot stop SQLite by itself.
+        event.listen(self._engine, "connect", _interrupt_at_deadline)
         t = users_table
         self._by_username = select(t).where(t.c.username == bindparam("username"))
         self._by_id = select(t).where(t.c.id == bindparam("user_id"))
@@ -191,3 +197,7 @@ class UserRepository:
     def close(self) -> None:
         """Close every pooled connection (the file stays)."""
         self._engine.dispose()
+
+
+def _interrupt_at_deadline(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.set_progress_handler(sqlite_progress_handler, 10_000)
