@@ -23,8 +23,8 @@ import itertools
 import logging
 import os
 import re
-from time import monotonic
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 from apiforge.core.body import declared_length, drain, read_body, replay, stream_limit
