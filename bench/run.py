@@ -522,7 +522,7 @@ def summarise(
                 if result is None:
                     continue
                 results.append(result)
-                base = by_key.get((n, baseline, route.name))
+                base = by_key.get((n, variant.baseline or baseline, route.name))
                 # A ratio is only meaningful when both sides of the round answered cleanly.
                 if base is not None and base.clean and result.clean and base.rps > 0:
                     ratios.append(result.rps / base.rps)
@@ -592,14 +592,14 @@ def git_commit() -> str | None:
 
 
 def _ratio_text(row: Row, baseline: str) -> str:
-    if row.variant.name == baseline:
+    if row.variant.name == (row.variant.baseline or baseline):
         return "1.00 (baseline)"
     return f"{row.ratio:.2f}" if row.ratio is not None else "n/a"
 
 
 def _ratio_range(row: Row, baseline: str) -> str:
     # The spread of the per-round ratios shows how much to trust the median on a noisy machine.
-    if row.variant.name == baseline or not row.ratios:
+    if row.variant.name == (row.variant.baseline or baseline) or not row.ratios:
         return ""
     return f"{min(row.ratios):.2f}-{max(row.ratios):.2f}"
 
@@ -665,7 +665,8 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
             "req/s",
             "p50 (ms)",
             "p99 (ms)",
-            f"ratio to {baseline}",
+            "ratio",
+            "to",
             "ratio range",
         ]
         if with_goals:
@@ -681,6 +682,7 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
                 f"{row.p50_ms:.2f}",
                 f"{row.p99_ms:.2f}",
                 _ratio_text(row, baseline),
+                f"`{row.variant.baseline or baseline}`",
                 _ratio_range(row, baseline),
             ]
             if with_goals:

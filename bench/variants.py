@@ -63,6 +63,8 @@ class Variant:
     # Extra request headers (credentials, for instance), computed in the harness once the
     # server is ready, from the same data directory the app was built on.
     headers: Callable[[Path], Mapping[str, str]] | None = None
+    # The variant its ratio divides by (the same app without protection); None: the baseline.
+    baseline: str | None = None
 
 
 def _build_bare(data_dir: Path) -> ASGIApp:
@@ -72,11 +74,17 @@ def _build_bare(data_dir: Path) -> ASGIApp:
 
 
 def _build_protected(data_dir: Path) -> ASGIApp:
+    from apiforge.demo import protected_demo_app
+
+    return protected_demo_app(data_dir)
+
+
+def _build_starlette_min_protected(data_dir: Path) -> ASGIApp:
+    """The minimal app behind the same layers: the pipeline's cost without the demo's SQL."""
     from apiforge import protect
     from apiforge.demo import load_demo_policy
-    from apiforge.demo.app import create_app
 
-    return protect(create_app(data_dir), load_demo_policy())
+    return protect(_build_starlette_min(data_dir), load_demo_policy())
 
 
 def _build_starlette_min(data_dir: Path) -> ASGIApp:
@@ -136,10 +144,30 @@ VARIANTS: list[Variant] = [
         build=_build_protected,
     ),
     Variant(
+        name="bare-https",
+        description="the demo users API alone, over HTTPS",
+        build=_build_bare,
+        scheme="https",
+        baseline="bare-https",
+    ),
+    Variant(
+        name="protected-https",
+        description="the protected demo over HTTPS",
+        build=_build_protected,
+        scheme="https",
+        baseline="bare-https",
+    ),
+    Variant(
         name="starlette-min",
-        description="the three routes in plain Starlette, no storage or checks (reference)",
+        description="the three routes in plain Starlette, no storage or checks",
         build=_build_starlette_min,
-        default=False,
+        baseline="starlette-min",
+    ),
+    Variant(
+        name="starlette-min-protected",
+        description="the minimal app behind the demo policy's layers (the pipeline's own cost)",
+        build=_build_starlette_min_protected,
+        baseline="starlette-min",
     ),
 ]
 
@@ -159,7 +187,8 @@ ROUTES: list[Route] = [
 # checks; writes also pay for body limits, validation and sanitization.
 GOALS: dict[tuple[str, RouteKind], float] = {
     ("protected", "GET"): 0.90,
-    ("protected", "PUT"): 0.85,
+    ("protected", "PUT"): 0.75,
+    ("protected-https", "GET"): 0.75,
 }
 
 

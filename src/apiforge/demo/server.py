@@ -5,12 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from apiforge.demo import load_demo_policy
-from apiforge.demo.app import create_app
-from apiforge.demo.schemas import ProfileUpdate
+from apiforge.demo import load_demo_policy, protected_demo_app
 from apiforge.events import make_event
 from apiforge.layers.plain_http import PlainHttpApp
-from apiforge.protection import event_bus, protect
+from apiforge.protection import event_bus
 from apiforge.server import Listener, serve
 from apiforge.serving import ConnectionLimits
 from apiforge.tls import TlsSettings, ensure_dev_certificates, load_report
@@ -42,8 +40,7 @@ def run_demo(
         events.emit(make_event("apiforge_tls_certificate", level="WARN", outcome="warn",
                                reason=warning))
 
-    app = protect(create_app(data_dir), policy, events=events,
-                  models={"PUT /v1/users/me": ProfileUpdate})
+    app = protected_demo_app(data_dir, policy, events)
     app.owns_events = True
     redirect = PlainHttpApp(tls_policy.canonical_host, port, events,
                             type_base=policy.problem_type_base)
