@@ -54,7 +54,7 @@ class RequestContext:
     path: str
     headers: Mapping[bytes, bytes]
     route: RoutePlan | None = None
-    path_params: dict[str, str] = field(default_factory=dict)
+    path_params: Mapping[str, str] = field(default_factory=dict)
     principal: Principal | None = None
     json: Any = None
     model: Any = None

@@ -46,6 +46,7 @@ def sqlite_progress_handler() -> int:
     return 1 if time.monotonic() >= _deadline.get() else 0
 
 TICK = 0.1
+_current_task = asyncio.current_task
 
 
 class Watched:
@@ -72,29 +73,36 @@ class DeadlineWatch:
     """Cancels requests past their deadline; one watcher task per running event loop."""
 
     def __init__(self) -> None:
-        self._active: dict[int, Watched] = {}
+        self._active: set[Watched] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self, seconds: float, idle: float) -> Watched:
-        task = asyncio.current_task()
+        task = _current_task()
         if task is None:  # pragma: no cover - ASGI servers always run requests in tasks
             raise RuntimeError("requests must run inside an asyncio task")
         entry = Watched(task, time.monotonic() + seconds, idle)
         _deadline.set(entry.deadline)
-        self._active[id(entry)] = entry
-        watcher = self._watcher
-        if watcher is None or watcher.done() or watcher.get_loop() is not task.get_loop():
-            self._watcher = task.get_loop().create_task(self._run())
+        self._active.add(entry)
+        if self._watcher is None:
+            loop = self._loop = task.get_loop()
+            self._watcher = loop.create_task(self._run())
         return entry
 
     def release(self, entry: Watched) -> None:
-        self._active.pop(id(entry), None)
+        self._active.discard(entry)
 
     async def _run(self) -> None:
+        try:
+            await self._watch_loop()
+        finally:
+            self._watcher = None  # the next request starts a new watcher, on its own loop
+
+    async def _watch_loop(self) -> None:
         while self._active:
             await asyncio.sleep(TICK)
             now = time.monotonic()
-            for entry in list(self._active.values()):
+            for entry in list(self._active):
                 if entry.expired is not None:
                     continue
                 if now >= entry.deadline:

@@ -108,10 +108,10 @@ class _RequestIds:
 
     def __init__(self) -> None:
         self._prefix = os.urandom(5).hex()
-        self._counter = itertools.count(1)
+        self._counter = itertools.count(0x10000000)
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):08x}"
+        return self._prefix + format(next(self._counter), "x")
 
 
 class Pipeline:
@@ -233,7 +233,8 @@ class Pipeline:
         response = _Response()
         watched = self._deadlines.watch(plan.deadline, plan.body_idle)
         try:
-            receive = await self._prepare_body(ctx, plan, receive, response, watched)
+            if plan.read_body or b"content-length" in headers or b"transfer-encoding" in headers:
+                receive = await self._prepare_body(ctx, plan, receive, response, watched)
             for wrap in plan.receive_wrappers:
                 receive = wrap(ctx, receive)
             await self._call_app(scope, receive, send, ctx, plan, head, response, watched)
@@ -375,8 +376,11 @@ class Pipeline:
     def _check_header_sizes(
         self, ctx: RequestContext, raw_headers: Sequence[tuple[bytes, bytes]]
     ) -> None:
-        total = 0
+        total = sum(map(len, itertools.chain.from_iterable(raw_headers)))
+        if total <= self._max_header and total <= self._max_headers_total:
+            return  # the usual case: even all headers together fit in one header's limit
         largest = 0
+        total = 0
         for name, value in raw_headers:
             size = len(name) + len(value)
             total += size

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from apiforge.errors import BadRequest, MethodNotAllowed, NotFound
 from apiforge.policy.routes import parse_route_key
@@ -77,8 +77,9 @@ class TrailingSlashRedirect(Respond):
         self.location = location
 
 
-@dataclass(frozen=True, slots=True)
-class RouteMatch:
+class RouteMatch(NamedTuple):
+    """The matched plan and the values of its ``{name}`` segments."""
+
     plan: RoutePlan
     params: dict[str, str]
 
