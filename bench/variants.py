@@ -81,10 +81,17 @@ def _build_protected(data_dir: Path) -> ASGIApp:
 
 def _build_starlette_min_protected(data_dir: Path) -> ASGIApp:
     """The minimal app behind the same layers: the pipeline's cost without the demo's SQL."""
-    from apiforge import protect
-    from apiforge.demo import load_demo_policy
+    from apiforge.demo import protected_demo_app
 
-    return protect(_build_starlette_min(data_dir), load_demo_policy())
+    return protected_demo_app(data_dir, app=_build_starlette_min(data_dir))
+
+
+def _demo_key(data_dir: Path) -> Mapping[str, str]:
+    """The API key the demo wrote on its first start, as real clients send it."""
+    import json
+
+    credentials = json.loads((data_dir / "demo-credentials.json").read_text(encoding="utf-8"))
+    return {"X-API-Key": credentials["api_key"]}
 
 
 def _build_starlette_min(data_dir: Path) -> ASGIApp:
@@ -142,6 +149,7 @@ VARIANTS: list[Variant] = [
         name="protected",
         description="the demo users API wrapped by apiforge.protect with the demo policy",
         build=_build_protected,
+        headers=_demo_key,
     ),
     Variant(
         name="bare-https",
@@ -156,6 +164,7 @@ VARIANTS: list[Variant] = [
         build=_build_protected,
         scheme="https",
         baseline="bare-https",
+        headers=_demo_key,
     ),
     Variant(
         name="starlette-min",
@@ -168,6 +177,7 @@ VARIANTS: list[Variant] = [
         description="the minimal app behind the demo policy's layers (the pipeline's own cost)",
         build=_build_starlette_min_protected,
         baseline="starlette-min",
+        headers=_demo_key,
     ),
 ]
 

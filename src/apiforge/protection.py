@@ -10,6 +10,8 @@ from pydantic import BaseModel
 
 from apiforge.core.pipeline import ASGIApp, Layer, Pipeline
 from apiforge.events import EventBus, JsonLinesSink
+from apiforge.identity.runtime import IdentityRuntime
+from apiforge.layers.authn import ApiKeyLayer
 from apiforge.layers.cors import CorsLayer
 from apiforge.layers.headers import SecurityHeadersLayer
 from apiforge.layers.hosts import HostLayer
@@ -17,7 +19,7 @@ from apiforge.layers.validation import BusinessCheck, ValidationLayer
 from apiforge.policy import Policy, load_policy
 from apiforge.policy.models import EventsSettings
 
-__all__ = ["event_bus", "protect", "standard_layers"]
+__all__ = ["event_bus", "needs_identity", "protect", "standard_layers"]
 
 
 def event_bus(settings: EventsSettings) -> EventBus:
@@ -28,23 +30,33 @@ def event_bus(settings: EventsSettings) -> EventBus:
     return bus
 
 
+def needs_identity(policy: Policy) -> bool:
+    """Whether any served route requires a credential."""
+    default = policy.authentication.default
+    return any((route.auth or default) != "none" for route in policy.routes.values()
+               if route.enabled)
+
+
 def standard_layers(
     policy: Policy,
     events: EventBus,
     *,
+    identity: IdentityRuntime | None = None,
     models: Mapping[str, type[BaseModel]] | None = None,
     checks: Mapping[str, BusinessCheck] | None = None,
 ) -> list[Layer]:
     """The layers every protected app runs, in their fixed order.
 
     Host allowlist first (nothing is answered for a host we do not serve), then CORS preflights
-    (answered before authentication, as browsers send them without credentials), the security
-    headers on every response, and body validation last, after every check of who is calling.
+    (answered before authentication, as browsers send them without credentials), then
+    authentication, the security headers on every response, and body validation last, after
+    every check of who is calling (the body of a refused caller is never read).
     """
     overrides = {key: route.headers for key, route in policy.routes.items() if route.headers}
     return [
         HostLayer(policy.hosts),
         CorsLayer(policy.cors, events),
+        ApiKeyLayer(policy, identity, events),
         SecurityHeadersLayer(policy.security_headers, overrides),
         ValidationLayer(policy, models=models, checks=checks),
     ]
@@ -55,6 +67,7 @@ def protect(
     policy: Policy | Mapping[str, Any] | str | Path | None = None,
     *,
     events: EventBus | None = None,
+    identity: IdentityRuntime | None = None,
     models: Mapping[str, type[BaseModel]] | None = None,
     checks: Mapping[str, BusinessCheck] | None = None,
 ) -> Pipeline:
@@ -66,6 +79,8 @@ def protect(
             ``./apiforge.yaml``). Unknown keys and unsafe values raise ``ConfigurationError``
             here, at start-up, never at request time.
         events: where security events go; by default what the policy's ``events`` says.
+        identity: the process's identity services; by default opened from the policy's
+            ``authentication`` section when a route requires a credential.
         models: pydantic models validating request bodies, by route key
             (``{"PUT /v1/users/me": ProfileUpdate}``), in strict mode.
         checks: business rules run on validated bodies, by route key; they raise
@@ -76,7 +91,9 @@ def protect(
     """
     loaded = load_policy(policy)
     bus = events if events is not None else event_bus(loaded.events)
-    layers = standard_layers(loaded, bus, models=models, checks=checks)
+    if identity is None and needs_identity(loaded):
+        identity = IdentityRuntime(loaded.authentication)
+    layers = standard_layers(loaded, bus, identity=identity, models=models, checks=checks)
     pipeline = Pipeline(app, loaded, layers=layers, events=bus)
     pipeline.owns_events = events is None
     return pipeline

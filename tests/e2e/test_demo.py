@@ -42,9 +42,15 @@ class Demo:
         self.process = process
         self.ca = data_dir / "tls" / "ca.pem"
 
-    def client(self) -> httpx.Client:
+    @property
+    def api_key(self) -> str:
+        credentials = json.loads((self.data_dir / "demo-credentials.json").read_text())
+        return str(credentials["api_key"])
+
+    def client(self, *, with_key: bool = True) -> httpx.Client:
+        headers = {"x-api-key": self.api_key} if with_key else {}
         return httpx.Client(base_url=self.url, verify=ssl.create_default_context(
-            cafile=str(self.ca)), timeout=10)
+            cafile=str(self.ca)), timeout=10, headers=headers)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +157,8 @@ def test_odd_paths_are_refused(demo: Demo, raw: bytes) -> None:
     context = ssl.create_default_context(cafile=str(demo.ca))
     with socket.create_connection((host, int(port)), timeout=10) as sock, \
             context.wrap_socket(sock, server_hostname="localhost") as tls:
-        tls.sendall(b"GET " + raw + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        tls.sendall(b"GET " + raw + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                    b"X-API-Key: " + demo.api_key.encode() + b"\r\n\r\n")
         answer = b""
         while chunk := tls.recv(65536):
             answer += chunk
@@ -217,3 +224,24 @@ def test_refusals_are_security_events(demo: Demo) -> None:
         time.sleep(0.05)
     event = json.loads(found[0])
     assert event["event"] == "malicious_extraneous" and event["route"] == "PUT /v1/users/me"
+
+
+def test_credentials_file_is_private(demo: Demo) -> None:
+    path = demo.data_dir / "demo-credentials.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    credentials = json.loads(path.read_text())
+    assert credentials["api_key"].startswith("afk_demo_")
+    assert {name: a["role"] for name, a in credentials["accounts"].items()} == {
+        "alice": "user", "bob": "user", "sam": "support", "ada": "admin"}
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"x-api-key": "afk_demo_nope"}, {"authorization": "ApiKey afk_demo_x_y"},
+])
+def test_user_routes_need_the_api_key(demo: Demo, headers: dict[str, str]) -> None:
+    with demo.client(with_key=False) as c:
+        refused = c.get("/v1/users/me", headers=headers)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("ApiKey")
+        assert_protected(refused)
+        assert c.get("/openapi.json").status_code == 200

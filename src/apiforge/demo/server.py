@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from apiforge.demo import load_demo_policy, protected_demo_app
+from apiforge.demo.bootstrap import CREDENTIALS_FILE
 from apiforge.events import make_event
 from apiforge.layers.plain_http import PlainHttpApp
 from apiforge.protection import event_bus
@@ -54,20 +56,26 @@ def run_demo(
         events.emit(make_event("apiforge_tls_certificate", level="INFO", outcome="reload",
                                reason=message))
 
+    credentials = json.loads((data_dir / CREDENTIALS_FILE).read_text(encoding="utf-8"))
+
     def ready(url: str) -> None:
         _say(f"apiforge demo ready on {url}\n")  # the line scripts wait for
-        cacert = f"--cacert {ca} " if ca else ""
+        ca_option = f"--cacert {ca} " if ca else ""
+        curl = f'curl -s {ca_option}-H "X-API-Key: $APIFORGE_DEMO_KEY"'
         body = '{"email": "alice@example.com", "age": 34, "bio": "<b>Hi</b> there"}'
         _say(
             f"\n  plain HTTP on http://{host}:{http_port} redirects here"
             + (f"\n  development CA: {ca}" if ca else "")
-            + "\n  every request acts as the user alice until authentication is configured\n"
-            f"\n  curl -s {cacert}{url}/v1/users/me"
-            f"\n  curl -s {cacert}-X PUT {url}/v1/users/me -H 'Content-Type: application/json'"
+            + f"\n  credentials (API key, account passwords): {data_dir / CREDENTIALS_FILE}"
+            "\n  every request acts as the user alice until token authentication lands\n"
+            f"\n  export APIFORGE_DEMO_KEY={credentials['api_key']}"
+            f"\n  {curl} {url}/v1/users/me"
+            f"\n  {curl} -X PUT {url}/v1/users/me -H 'Content-Type: application/json'"
             f" -d '{body}'"
-            f"\n  curl -s {cacert}{url}/v1/users/2"
-            f"\n  curl -s {cacert}{url}/openapi.json"
-            f"\n  curl -si {cacert}--path-as-is {url}/v1/users/me/../2     # refused: 400"
+            f"\n  {curl} {url}/v1/users/2"
+            f"\n  curl -s {ca_option}{url}/openapi.json"
+            f"\n  curl -si {ca_option}{url}/v1/users/me                  # no key: 401"
+            f"\n  {curl} -i --path-as-is {url}/v1/users/me/../2   # refused: 400"
             f"\n  curl -si http://{host}:{http_port}/v1/users/me          # 301 to HTTPS"
             "\n\n  Security events are printed below as JSON lines. Ctrl-C stops.\n\n"
         )

@@ -20,6 +20,7 @@ from apiforge.policy.routes import HTTP_METHODS, parse_route_key
 
 __all__ = [
     "HTTP_METHODS",
+    "AuthenticationSettings",
     "BodySettings",
     "EventsSettings",
     "FieldSanitizer",
@@ -128,6 +129,32 @@ class TlsPolicySettings(PolicyModel):
     certificate must cover it."""
 
 
+class AuthenticationSettings(PolicyModel):
+    """Who is calling: API keys (the application) and, later, tokens (the user)."""
+
+    records_url: str = "memory://"
+    """Where applications, keys and accounts are kept: `sqlite:///PATH`, `postgresql://…`,
+    or `memory://` (one process, lost on restart). Read at start-up and on change only: the
+    request path never runs SQL. `{data_dir}` is replaced by the demo's data directory."""
+
+    state_url: str = "memory://"
+    """Where revocations, account versions and the change feed live: `memory://` (one
+    process) or `redis://…`, shared by every instance so a revocation holds everywhere
+    within a second. `memory://` is refused when the server runs several workers."""
+
+    pepper_env: str = "APIFORGE_KEY_PEPPER"
+    """Environment variable holding the server-side pepper(s) API keys are hashed with
+    (HMAC-SHA-256): base64 of at least 32 random bytes, newest first, comma-separated.
+    `apiforge keys pepper -` prints a new one."""
+
+    pepper_file: str | None = None
+    """A file holding the pepper(s) instead of the environment variable (keep it 0600).
+    `{data_dir}` is replaced by the demo's data directory."""
+
+    default: Literal["api_key", "none"] = "none"
+    """The requirement of routes that do not name one in their `auth` key."""
+
+
 class FieldSanitizer(PolicyModel):
     """How one string field of a request body is cleaned before the app sees it."""
 
@@ -176,6 +203,10 @@ class RouteSettings(PolicyModel):
 
     headers: RouteHeadersSettings | None = None
     """Overrides of the top-level `security_headers` for this route's responses."""
+
+    auth: Literal["api_key", "none"] | None = None
+    """What a caller must present: `api_key` (in `X-API-Key`, or `Authorization: ApiKey …`)
+    or `none`. Unset: `authentication.default`. Every refusal is the same 401."""
 
 
 class EventsSettings(PolicyModel):
@@ -229,6 +260,9 @@ class Policy(PolicyModel):
 
     cors: CorsSettings = Field(default_factory=CorsSettings)
     """Cross-origin access for browsers; off unless `allow_origins` is set."""
+
+    authentication: AuthenticationSettings = Field(default_factory=AuthenticationSettings)
+    """Identity stores and credentials; see `AuthenticationSettings`."""
 
     tls: TlsPolicySettings = Field(default_factory=TlsPolicySettings)
     """HTTPS settings; see `TlsPolicySettings`."""

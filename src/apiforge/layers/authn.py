@@ -1,0 +1,110 @@
+"""The authentication layer: API keys identify the calling application.
+
+Keys are accepted only in ``X-API-Key`` or ``Authorization: ApiKey …``; both at once is a 400
+(two components could pick different ones). A key in the query string is refused and reported
+as exposed: URLs end up in logs, browser history and ``Referer`` headers.
+
+Every refusal is the same 401 with the same body and ``WWW-Authenticate``, whichever check
+failed, so a caller learns nothing about which part of a key was wrong; the internal event
+``authn_login_fail`` says exactly which (``reason``). Verification reads an in-process cache
+only (no SQL on the request path), kept current across processes by the identity runtime.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable
+from typing import Any, NoReturn
+
+from apiforge.core.context import Principal, RequestContext
+from apiforge.core.routing import RoutePlan
+from apiforge.errors import BadRequest, ConfigurationError, Unauthorized
+from apiforge.events import EventBus, make_event
+from apiforge.identity import InvalidApiKey
+from apiforge.identity.runtime import IdentityRuntime
+from apiforge.policy.models import Policy
+
+__all__ = ["ApiKeyLayer"]
+
+_CHALLENGE = ("www-authenticate", 'ApiKey realm="apiforge", header="X-API-Key"')
+_APIKEY_SCHEME = b"apikey "
+# A key-looking value or a key-named parameter in the query string.
+_KEY_IN_QUERY = re.compile(rb"(?:^|&)(?:api[_-]?key|x-api-key)=|afk_", re.IGNORECASE)
+
+
+class ApiKeyLayer:
+    """Requires a valid API key on the routes whose ``auth`` is ``api_key``.
+
+    Args:
+        policy: the policy (``authentication`` and each route's ``auth``).
+        runtime: the process's identity services; ``None`` when no route needs them.
+        events: where ``authn_login_fail`` events go.
+    """
+
+    name = "authn"
+
+    def __init__(self, policy: Policy, runtime: IdentityRuntime | None, events: EventBus) -> None:
+        self.policy = policy
+        self.runtime = runtime
+        self.events = events
+
+    def early_hook(self) -> None:
+        return None
+
+    def response_hook(self) -> None:
+        return None
+
+    def attach(self, plan: RoutePlan) -> None:
+        requirement = plan.settings.auth or self.policy.authentication.default
+        if requirement == "none":
+            return
+        if self.runtime is None:
+            raise ConfigurationError(
+                f"routes.{plan.key}.auth requires an API key, but no identity stores were"
+                " opened; configure `authentication` (records_url, state_url, pepper)"
+            )
+        plan.request_hooks = (*plan.request_hooks, self._check)
+
+    def _check(self, ctx: RequestContext, scope: Any) -> Awaitable[None] | None:
+        runtime = self.runtime
+        assert runtime is not None  # noqa: S101 - attach() refuses to plan without one
+        if not runtime.ready:
+            return self._start_then_check(ctx, scope)
+        self._verify(ctx, scope)
+        return None
+
+    async def _start_then_check(self, ctx: RequestContext, scope: Any) -> None:
+        assert self.runtime is not None  # noqa: S101
+        await self.runtime.start()
+        self._verify(ctx, scope)
+
+    def _verify(self, ctx: RequestContext, scope: Any) -> None:
+        headers = ctx.headers
+        header_key = headers.get(b"x-api-key")
+        authorization = headers.get(b"authorization")
+        scheme_key = None
+        if authorization is not None and authorization[:7].lower() == _APIKEY_SCHEME:
+            scheme_key = authorization[7:].strip()
+        query = scope.get("query_string") or b""
+        if query and _KEY_IN_QUERY.search(query):
+            self._fail(ctx, "key_in_query", exposed=True)
+        if header_key is not None and scheme_key is not None:
+            self.events.emit(make_event("authn_login_fail", ctx=ctx, reason="two_keys"))
+            raise BadRequest("ambiguous_credentials",
+                             "Send the API key in one header only.", reason="two_keys")
+        presented = header_key if header_key is not None else scheme_key
+        if not presented:
+            self._fail(ctx, "missing_key")
+        assert self.runtime is not None  # noqa: S101
+        try:
+            record = self.runtime.keys.verify(presented.decode("latin-1"))
+        except InvalidApiKey as refused:
+            self._fail(ctx, refused.reason, key_id=refused.key_id)
+        ctx.principal = Principal(application=record.application_id, scopes=record.scopes)
+
+    def _fail(self, ctx: RequestContext, reason: str, *, key_id: str | None = None,
+              exposed: bool = False) -> NoReturn:
+        # The key's public id only, never its secret.
+        self.events.emit(make_event("authn_login_fail", ctx=ctx, reason=reason, key_id=key_id,
+                                    key_exposed=exposed))
+        raise Unauthorized(headers=(_CHALLENGE,), reason=reason)
