@@ -245,3 +245,27 @@ def test_user_routes_need_the_api_key(demo: Demo, headers: dict[str, str]) -> No
         assert refused.headers["www-authenticate"].startswith("ApiKey")
         assert_protected(refused)
         assert c.get("/openapi.json").status_code == 200
+
+
+def test_keys_made_and_revoked_by_the_cli_reach_the_running_demo(demo: Demo) -> None:
+    def keys(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "apiforge", "keys", *args, "--data-dir", str(demo.data_dir)],
+            check=True, capture_output=True, text=True, timeout=60).stdout
+
+    key = next(line.strip() for line in keys("create", "--app", "e2e", "--env", "test")
+               .splitlines() if line.strip().startswith("afk_test_"))
+
+    def status_within(expected: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with demo.client(with_key=False) as c:
+            while c.get("/v1/users/me", headers={"x-api-key": key}).status_code != expected:
+                assert time.monotonic() < deadline, f"not {expected} within {seconds} s"
+                time.sleep(0.05)
+
+    status_within(200, 2.5)  # the demo keeps state in memory: records are re-read every second
+    keys("revoke", key.split("_")[2])
+    status_within(401, 2.5)
+    listing = keys("list")
+    assert key.split("_")[2][:6] in listing  # its id is listed...
+    assert key.rsplit("_", 1)[1][:8] not in listing  # ...never its secret

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -22,6 +24,8 @@ from apiforge.stores import IdentityStores, open_identity_stores
 __all__ = ["IdentityRuntime", "ensure_pepper_file", "load_peppers"]
 
 MIN_PEPPER_BYTES = 32
+RECORD_RELOAD_SECONDS = 1.0
+_log = logging.getLogger("apiforge.identity")
 
 
 def load_peppers(settings: AuthenticationSettings) -> list[Secret]:
@@ -96,6 +100,7 @@ class IdentityRuntime:
         self.hasher = KeyHasher(load_peppers(settings))
         self.stores: IdentityStores = open_identity_stores(
             settings.records_url, settings.state_url, workers=workers,
+            state_prefix=settings.state_prefix,
             records_key="authentication.records_url", state_key="authentication.state_url",
         )
         self.keys = ApiKeyService(self.stores.api_keys, self.stores.state, self.hasher)
@@ -103,6 +108,11 @@ class IdentityRuntime:
         self.refresher = CacheRefresher(self.stores.state, [self.keys, self.accounts])
         self.ready = False
         self._starting: asyncio.Lock | None = None
+        self._reloader: asyncio.Task[None] | None = None
+        # With process-local state, changes made by another process (the `apiforge keys`
+        # command) cannot arrive through the change feed: re-read the records instead.
+        self._poll_records = (settings.state_url.startswith("memory:")
+                              and not settings.records_url.startswith("memory:"))
 
     async def start(self) -> None:
         """Load the caches and start following the change feed (once; concurrent-safe)."""
@@ -113,10 +123,26 @@ class IdentityRuntime:
         async with self._starting:
             if not self.ready:
                 await self.refresher.start()
+                if self._poll_records:
+                    self._reloader = asyncio.create_task(self._reload_records())
                 self.ready = True
 
     async def stop(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloader
+            self._reloader = None
         if self.ready:
             await self.refresher.stop()
             self.ready = False
         await self.stores.aclose()
+
+    async def _reload_records(self) -> None:
+        while True:
+            await asyncio.sleep(RECORD_RELOAD_SECONDS)
+            try:
+                await self.keys.load()
+                await self.accounts.load()
+            except Exception:
+                _log.exception("reloading identity records failed; keeping the cached ones")

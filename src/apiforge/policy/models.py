@@ -142,6 +142,9 @@ class AuthenticationSettings(PolicyModel):
     process) or `redis://…`, shared by every instance so a revocation holds everywhere
     within a second. `memory://` is refused when the server runs several workers."""
 
+    state_prefix: str = "apiforge:"
+    """Prefix of every Redis key, so several deployments can share one Redis server."""
+
     pepper_env: str = "APIFORGE_KEY_PEPPER"
     """Environment variable holding the server-side pepper(s) API keys are hashed with
     (HMAC-SHA-256): base64 of at least 32 random bytes, newest first, comma-separated.

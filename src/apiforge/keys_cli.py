@@ -1,0 +1,180 @@
+"""``apiforge keys``: create, list, rotate and revoke API keys; make peppers.
+
+Changes are written to the record store and published on the state store's change feed, so
+running servers sharing the stores pick them up within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from apiforge.errors import ApiForgeError, ConfigurationError
+from apiforge.identity import Application
+from apiforge.identity.runtime import IdentityRuntime, new_pepper
+from apiforge.policy import DEFAULT_POLICY_PATH, Policy, load_policy
+
+__all__ = ["keys"]
+
+keys = typer.Typer(help="API keys: create, list, rotate, revoke.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+PolicyOption = Annotated[
+    Path | None,
+    typer.Option("--policy", help="Policy file (default ./apiforge.yaml, else the demo's).",
+                 dir_okay=False),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Replaces {data_dir} in the policy (the demo's data dir).",
+                 file_okay=False),
+]
+
+
+def _policy(policy: Path | None, data_dir: Path | None) -> Policy:
+    from apiforge.demo import load_demo_policy, resolve_data_dir
+
+    if policy is not None:
+        loaded = load_policy(policy)
+    elif DEFAULT_POLICY_PATH.exists():
+        loaded = load_policy(DEFAULT_POLICY_PATH)
+    else:
+        loaded = load_demo_policy()
+    if "{data_dir}" in loaded.authentication.model_dump_json():
+        if data_dir is None:
+            raise ConfigurationError(
+                "the policy's authentication section uses {data_dir}: pass --data-dir DIR"
+            )
+        loaded = resolve_data_dir(loaded, data_dir)
+    return loaded
+
+
+def _run(policy: Path | None, data_dir: Path | None,
+         action: Callable[[IdentityRuntime], Awaitable[T]]) -> T:
+    async def main() -> T:
+        runtime = IdentityRuntime(_policy(policy, data_dir).authentication)
+        try:
+            await runtime.keys.load()
+            return await action(runtime)
+        finally:
+            await runtime.stores.aclose()
+
+    try:
+        return asyncio.run(main())
+    except (ApiForgeError, ValueError) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _show_secret(label: str, secret: str) -> None:
+    out.print(f"{label}\n\n  {secret}\n", markup=False, highlight=False)
+    out.print("Store it now: it is shown once and cannot be recovered.", style="bold")
+
+
+@keys.command("create")
+def create(
+    app: Annotated[str, typer.Option("--app", help="The application the key identifies.")],
+    scope: Annotated[list[str] | None, typer.Option("--scope", help="A scope (repeat).")] = None,
+    env: Annotated[str, typer.Option(help="Environment label shown in the key.")] = "live",
+    expires_in_days: Annotated[
+        int | None, typer.Option("--expires-in-days", min=1, help="Days until it expires.")
+    ] = None,
+    policy: PolicyOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a key for an application (created too if new); print the key once."""
+
+    async def action(runtime: IdentityRuntime) -> str:
+        if runtime.stores.applications.get_application(app) is None:
+            runtime.stores.applications.add_application(
+                Application(app, app, None, datetime.now(UTC)))
+        expires = (datetime.now(UTC) + timedelta(days=expires_in_days)
+                   if expires_in_days else None)
+        secret, record = await runtime.keys.create(app, scope or [], env, expires_at=expires)
+        return f"{record.key_id}\n{secret.reveal()}"
+
+    key_id, secret = _run(policy, data_dir, action).split("\n")
+    _show_secret(f"API key {key_id} for {app}:", secret)
+
+
+@keys.command("list")
+def list_keys(policy: PolicyOption = None, data_dir: DataDirOption = None) -> None:
+    """List keys: their public id and prefix only, never a secret."""
+
+    async def action(runtime: IdentityRuntime) -> Table:
+        table = Table("key", "id", "application", "scopes", "status", "created", "expires",
+                      "last used")
+        for r in sorted(runtime.keys.list(), key=lambda r: r.created_at):
+            status = r.status if r.replaced_by is None else f"rotated → {r.replaced_by}"
+            table.add_row(f"afk_{r.env}_{r.key_id}_…", r.key_id, r.application_id,
+                          " ".join(sorted(r.scopes)), status, _when(r.created_at),
+                          _when(r.expires_at), _when(r.last_used_at))
+        return table
+
+    out.print(_run(policy, data_dir, action))
+
+
+@keys.command("rotate")
+def rotate(
+    key_id: Annotated[str, typer.Argument(help="The id of the key to replace.")],
+    overlap_hours: Annotated[
+        float, typer.Option("--overlap-hours", min=0, help="Hours the old key keeps working.")
+    ] = 24.0,
+    policy: PolicyOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Replace a key; the old one keeps working during the overlap."""
+
+    async def action(runtime: IdentityRuntime) -> str:
+        secret, record = await runtime.keys.rotate(key_id, timedelta(hours=overlap_hours))
+        return f"{record.key_id}\n{secret.reveal()}"
+
+    new_id, secret = _run(policy, data_dir, action).split("\n")
+    _show_secret(f"API key {new_id} replaces {key_id} (old key valid {overlap_hours:g} h):",
+                 secret)
+
+
+@keys.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The id of the key to revoke.")],
+    policy: PolicyOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Revoke a key at once, on every server sharing the stores."""
+
+    async def action(runtime: IdentityRuntime) -> None:
+        await runtime.keys.revoke(key_id)
+
+    _run(policy, data_dir, action)
+    out.print(f"revoked {key_id}", markup=False, highlight=False)
+
+
+@keys.command("pepper")
+def pepper(
+    file: Annotated[str, typer.Argument(help="File to create (mode 0600), or - to print.")] = "-",
+) -> None:
+    """Make a new pepper (base64 of 32 random bytes) for hashing API keys."""
+    from apiforge.identity.runtime import ensure_pepper_file
+
+    if file == "-":
+        typer.echo(new_pepper())
+        return
+    path = Path(file)
+    if path.exists():
+        err.print(f"error: {path} exists; peppers are never overwritten", markup=False)
+        raise typer.Exit(1)
+    ensure_pepper_file(path)
+    out.print(f"wrote {path} (mode 0600)", markup=False, highlight=False)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"

@@ -1,0 +1,83 @@
+"""Rate limits kept in this process's memory.
+
+Correct for exactly one process. With several workers each process keeps its own counters
+and the effective limit is multiplied by the number of workers (slowapi #226), so
+``MemoryLimiter.shared_across_processes`` is ``False`` and the policy must refuse a memory
+limiter when more than one worker runs; use :class:`~apiforge.ratelimit.RedisLimiter` there.
+
+Checks run synchronously with no ``await`` between reading and writing a state, so on one
+event loop no other request can interleave with a check (no lock is needed, and none that
+would only hold within one process, as in Litestar #4700, is pretended to be enough).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from apiforge.ratelimit.limits import Decision, Identities, Limit, State, applicable, decide
+
+__all__ = ["MemoryLimiter"]
+
+_MICROS = 1_000_000
+
+
+class MemoryLimiter:
+    """An in-process limiter; states expire when their bucket is idle again.
+
+    Args:
+        clock: seconds, monotonic; used when a check passes no ``now``.
+        min_sweep: entries kept before the first sweep of expired states. Sweeps run when the
+            table doubles, so memory stays bounded by twice the live keys (an attacker who
+            spreads over many addresses costs one entry per address per idle period) at an
+            amortized O(1) cost per check.
+    """
+
+    shared_across_processes: ClassVar[bool] = False
+    """Refuse this limiter with more than one worker process: each worker would admit the
+    whole limit, multiplying it by the number of workers (slowapi #226)."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, min_sweep: int = 10_000
+    ) -> None:
+        self._clock = clock
+        self._states: dict[str, tuple[int, State]] = {}
+        self._min_sweep = min_sweep
+        self._sweep_at = min_sweep
+
+    def __len__(self) -> int:
+        """Stored states, live or expired but not yet swept."""
+        return len(self._states)
+
+    def check_all_sync(
+        self, limits: Sequence[Limit], identities: Identities, now: float | None = None
+    ) -> Decision:
+        """Decide and charge ``limits`` all-or-nothing (see :func:`~.limits.check_all`)."""
+        now_us = round((self._clock() if now is None else now) * _MICROS)
+        found = applicable(limits, identities)
+        states = self._states
+        stored: list[State | None] = []
+        for _, key in found:
+            entry = states.get(key)
+            stored.append(entry[1] if entry is not None and entry[0] > now_us else None)
+        decision, writes = decide(found, stored, now_us)
+        for key, state, ttl in writes:
+            states[key] = (now_us + ttl, state)
+        if len(states) > self._sweep_at:
+            self._sweep(now_us)
+        return decision
+
+    async def check_all(
+        self, limits: Sequence[Limit], identities: Identities, now: float | None = None
+    ) -> Decision:
+        """Async form of :meth:`check_all_sync`, for the ``Limiter`` protocol."""
+        return self.check_all_sync(limits, identities, now)
+
+    def _sweep(self, now_us: int) -> None:
+        self._states = {k: v for k, v in self._states.items() if v[0] > now_us}
+        self._sweep_at = max(self._min_sweep, 2 * len(self._states))
+
+    async def aclose(self) -> None:
+        """Drop every state."""
+        self._states.clear()
