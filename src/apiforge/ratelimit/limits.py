@@ -25,7 +25,7 @@ import ipaddress
 import math
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias
+from typing import ClassVar, Literal, Protocol, TypeAlias
 
 from apiforge.ratelimit.gcra import NEVER, gcra
 from apiforge.ratelimit.sliding_window import WindowState, sliding_window
@@ -199,7 +199,7 @@ class Decision:
 class Limiter(Protocol):
     """A store that decides limits: :class:`MemoryLimiter`, :class:`RedisLimiter`, ..."""
 
-    shared_across_processes: bool
+    shared_across_processes: ClassVar[bool]
     """Whether N worker processes see one budget. ``False`` limiters must be refused with
     more than one worker: each process would admit the whole limit (slowapi #226)."""
 

@@ -46,7 +46,6 @@ from apiforge.ratelimit.limits import (
     Decision,
     Identities,
     Limit,
-    Limiter,
     applicable,
     combine,
     verdict,
@@ -345,8 +344,3 @@ class FallbackLimiter:
             await asyncio.gather(self._probe, return_exceptions=True)
         await self._primary.aclose()
         await self._local.aclose()
-
-
-_: type[Limiter] = MemoryLimiter
-__: type[Limiter] = RedisLimiter
-___: type[Limiter] = FallbackLimiter

@@ -90,9 +90,7 @@ def _idle_in(current: int, previous: int, period: int, elapsed: int) -> int:
     return 0
 
 
-def _retry_in(
-    current: int, previous: int, period: int, elapsed: int, limit: int, cost: int
-) -> int:
+def _retry_in(current: int, previous: int, period: int, elapsed: int, limit: int, cost: int) -> int:
     """The shortest wait after which the same request would be admitted."""
     room = limit - current - cost
     if room >= 0 and previous > 0:
