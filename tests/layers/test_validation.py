@@ -180,3 +180,57 @@ def test_sanitize_text_keeps_tabs_and_newlines() -> None:
     value, problems = sanitize_text({"a": ["x\ty\nz\r"], "b": {"c": "\x7f"}})
     assert value == {"a": ["x\ty\nz\r"], "b": {"c": "\x7f"}}
     assert problems == [FieldError("b.c", "Must not contain control characters.")]
+
+
+PARAMS_POLICY: dict[str, Any] = {
+    "routes": {
+        "GET /items/{id}": {"params": {
+            "path": {"id": {"type": "integer", "minimum": 1}},
+            "query": {"page": {"type": "integer", "minimum": 1, "maximum": 100},
+                      "sort": {"enum": ["asc", "desc"]},
+                      "flag": {"type": "boolean"},
+                      "q": {"maxLength": 5, "required": True}},
+            "headers": {"X-Tenant": {"pattern": "^[a-z]{2,8}$", "required": True}},
+        }},
+    },
+    "events": {"sink": "none"},
+}
+
+
+def params_client() -> httpx.AsyncClient:
+    async def item(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    policy = load_policy(PARAMS_POLICY)
+    pipeline = Pipeline(Starlette(routes=[Route("/items/{id}", item)]), policy,
+                        layers=[ValidationLayer(policy)])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=pipeline), base_url="http://t",
+                             headers={"x-tenant": "acme"})
+
+
+@pytest.mark.parametrize(("url", "headers", "expected"), [
+    ("/items/7?q=a", {}, None),
+    ("/items/7?q=a&page=3&sort=asc&flag=true", {}, None),
+    ("/items/x?q=a", {}, [("path.id", "Must be an integer.")]),
+    ("/items/0?q=a", {}, [("path.id", "Must be at least 1.")]),
+    ("/items/7?q=a&page=1.5", {}, [("query.page", "Must be an integer.")]),
+    ("/items/7?q=a&page=101", {}, [("query.page", "Must be at most 100.")]),
+    ("/items/7?q=a&sort=random", {}, [("query.sort", "Must be one of the allowed values.")]),
+    ("/items/7?q=a&flag=1", {}, [("query.flag", "Must be true or false.")]),
+    ("/items/7", {}, [("query.q", "This field is required.")]),
+    ("/items/7?q=abcdef", {}, [("query.q", "Must be at most 5 characters.")]),
+    ("/items/7?q=a&q=b", {}, [("query.q", "Must appear only once.")]),
+    ("/items/7?q=a&admin=1", {}, [("query.admin", "This field is not allowed.")]),
+    ("/items/7?q=a&%3Cx%3E=1", {}, [("query", "This field is not allowed.")]),
+    ("/items/7?q=a", {"x-tenant": "ACME!"}, [("headers.x-tenant",
+                                              "Does not have the required form.")]),
+])
+async def test_parameters(url: str, headers: dict[str, str], expected: Any) -> None:
+    async with params_client() as c:
+        r = await c.get(url, headers=headers)
+    if expected is None:
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code == 422
+        assert errors(r) == expected
+        assert "<x>" not in r.text and "ACME!" not in r.text

@@ -38,6 +38,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,6 +311,13 @@ def _numeric_date(claims: Mapping[str, Any], name: str, *, required: bool) -> fl
     return number
 
 
+def _required_date(claims: Mapping[str, Any], name: str) -> float:
+    value = _numeric_date(claims, name, required=True)
+    if value is None:  # unreachable: required dates raise when absent
+        raise _refuse("missing_claim")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class _Issuer:
     config: TrustedIssuer
@@ -437,7 +445,8 @@ class TokenVerifier:
 
     def _static_candidates(self, checked: _Checked) -> tuple[VerificationKey, ...]:
         static = checked.issuer.static
-        assert static is not None  # noqa: S101 - load_keys() returned keys for non-URL issuers
+        if static is None:  # unreachable: load_keys() returns keys for every non-URL issuer
+            raise _refuse("unknown_kid")
         keys = static.candidates(checked.kid, checked.alg)
         if not keys and checked.kid is not None and static.has_kid(checked.kid):
             raise _refuse("alg_not_allowed")
@@ -448,7 +457,9 @@ class TokenVerifier:
     ) -> _Checked | VerifiedToken:
         if not isinstance(token, str) or len(token) > self._max_bytes:
             raise _refuse("too_large" if isinstance(token, str) else "malformed")
-        digest = hashlib.sha256(token.encode("ascii", "replace")).digest()
+        if not token.isascii():  # O(1) in CPython; a JWS is ASCII by construction
+            raise _refuse("malformed")
+        digest = hashlib.sha256(token.encode("ascii")).digest()
         if self._cache is not None:
             hit = self._cache.get(digest, now=now)
             if hit is not None:
@@ -499,10 +510,9 @@ class TokenVerifier:
             raise _refuse("missing_claim")
         if not isinstance(sub, str) or not sub:
             raise _refuse("bad_claim_type")
-        exp = _numeric_date(claims, "exp", required=True)
-        iat = _numeric_date(claims, "iat", required=True)
+        exp = _required_date(claims, "exp")
+        iat = _required_date(claims, "iat")
         nbf = _numeric_date(claims, "nbf", required=False)
-        assert exp is not None and iat is not None  # noqa: S101 - required=True guarantees it
         for name in ("jti", "scope"):
             if name in claims and not isinstance(claims[name], str):
                 raise _refuse("bad_claim_type")
@@ -585,11 +595,7 @@ class TokenVerifier:
 
 
 def _now(now: float | None) -> float:
-    if now is None:
-        import time
-
-        return time.time()
-    return now
+    return time.time() if now is None else now
 
 
 def _check_times(exp: float, nbf: float | None, now: float, leeway: float) -> None:
@@ -608,10 +614,6 @@ def _check_audience(
             raise _refuse("wrong_audience")
     elif accepted.isdisjoint(audience):
         raise _refuse("wrong_audience")
-
-
-def _jsonable(claims: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(claims)
 
 
 def verify_cli_lines(
@@ -639,4 +641,4 @@ def verify_cli_lines(
         except JwksUnavailable:
             yield json.dumps({"ok": False, "reason": "keys_unavailable"})
         else:
-            yield json.dumps({"ok": True, "claims": _jsonable(verified.claims)}, sort_keys=True)
+            yield json.dumps({"ok": True, "claims": dict(verified.claims)}, sort_keys=True)

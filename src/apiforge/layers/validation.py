@@ -1,7 +1,9 @@
-"""The validation layer: a route's JSON body checked, parsed once, validated and sanitized.
+"""The validation layer: parameters and JSON bodies checked, parsed once, validated, sanitized.
 
 It runs after authentication and authorization, so an unauthenticated caller learns nothing
-about the schema and the body of a refused caller is never parsed. For each request body::
+about the schema and the body of a refused caller is never parsed. A route's ``params`` (path,
+query and header values) are checked against their schemas as a request hook; for each request
+body::
 
     media type   415 unless application/json
     structure    depth, members, string and number sizes, duplicate keys (jsonguard) -> 400
@@ -22,6 +24,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import jsonschema_rs
 import nh3
@@ -33,7 +36,13 @@ from apiforge.core.context import RequestContext
 from apiforge.core.routing import RoutePlan
 from apiforge.errors import ConfigurationError, FieldError, UnsupportedMediaType, ValidationFailed
 from apiforge.jsonguard import JsonLimits, parse_json
-from apiforge.policy.models import BodySettings, FieldSanitizer, Policy, route_limits
+from apiforge.policy.models import (
+    BodySettings,
+    FieldSanitizer,
+    ParameterSettings,
+    Policy,
+    route_limits,
+)
 
 __all__ = ["BusinessCheck", "ValidationLayer", "sanitize_text"]
 
@@ -47,6 +56,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 _JSON_TYPE = re.compile(rb"application/(?:[\w.+-]+\+)?json\s*(?:;|\Z)", re.IGNORECASE)
 
+_MAX_QUERY_FIELDS = 100
 _REQUIRED = "This field is required."
 _NOT_ALLOWED = "This field is not allowed."
 _CONTROL_MESSAGE = "Must not contain control characters."
@@ -220,6 +230,99 @@ class _BodyValidator:
         return orjson.dumps(value) if changed else None
 
 
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})\Z")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?(?:[eE][+-]?[0-9]{1,3})?\Z")
+_ONCE = "Must appear only once."
+
+
+class _Parameter:
+    """One parameter's compiled schema, and how its text becomes a JSON value."""
+
+    def __init__(self, where: str, schema: dict[str, object]) -> None:
+        schema = dict(schema)
+        self.where = where
+        self.required = schema.pop("required", False) is True
+        kind = schema.get("type")
+        self.kind = kind if kind in ("integer", "number", "boolean") else "string"
+        try:
+            self.validator: Any = jsonschema_rs.validator_for(schema, validate_formats=True)
+        except (ValueError, jsonschema_rs.ValidationError) as exc:
+            raise ConfigurationError(
+                f"params: the schema of {where} is not a valid JSON Schema"
+                f" ({exc.__class__.__name__})"
+            ) from None
+
+    def check(self, text: str) -> FieldError | None:
+        value: object = text
+        if self.kind == "integer":
+            if not _INTEGER.match(text):
+                return FieldError(self.where, "Must be an integer.")
+            value = int(text)
+        elif self.kind == "number":
+            if not _NUMBER.match(text):
+                return FieldError(self.where, "Must be a number.")
+            value = float(text)
+        elif self.kind == "boolean":
+            if text not in ("true", "false"):
+                return FieldError(self.where, "Must be true or false.")
+            value = text == "true"
+        if _CONTROL.search(text):
+            return FieldError(self.where, _CONTROL_MESSAGE)
+        for error in self.validator.iter_errors(value):
+            return FieldError(self.where, _schema_error(error)[0].message)
+        return None
+
+
+class _ParameterValidator:
+    """A route's path, query and header parameters, checked as a request hook."""
+
+    def __init__(self, settings: ParameterSettings) -> None:
+        self.path = {n: _Parameter(f"path.{n}", s) for n, s in settings.path.items()}
+        self.query = {n: _Parameter(f"query.{n}", s) for n, s in settings.query.items()}
+        self.headers = {n.lower().encode("latin-1"): _Parameter(f"headers.{n.lower()}", s)
+                        for n, s in settings.headers.items()}
+        self.refuse_unknown = settings.unknown_query == "refuse"
+
+    def __call__(self, ctx: RequestContext, scope: Any) -> None:
+        errors: list[FieldError] = []
+        for name, parameter in self.path.items():
+            self._one(parameter, ctx.path_params.get(name), errors)
+        query = scope.get("query_string") or b""
+        seen: dict[str, str] = {}
+        if query:
+            try:
+                pairs = parse_qsl(query.decode("utf-8"), keep_blank_values=True,
+                                  max_num_fields=_MAX_QUERY_FIELDS)
+            except (UnicodeDecodeError, ValueError):
+                raise ValidationFailed([FieldError("query", _INVALID)],
+                                       reason="query_unparseable") from None
+            for name, value in pairs:
+                shown = name if _SAFE_NAME.match(name) else ""
+                if name in seen:
+                    errors.append(FieldError(f"query.{shown}" if shown else "query", _ONCE))
+                elif name not in self.query and self.refuse_unknown:
+                    errors.append(FieldError(f"query.{shown}" if shown else "query",
+                                             _NOT_ALLOWED))
+                seen[name] = value
+        for name, parameter in self.query.items():
+            self._one(parameter, seen.get(name), errors)
+        for raw_name, parameter in self.headers.items():
+            raw = ctx.headers.get(raw_name)
+            self._one(parameter, raw.decode("latin-1") if raw is not None else None, errors)
+        if errors:
+            raise ValidationFailed(errors, reason="parameters")
+
+    @staticmethod
+    def _one(parameter: _Parameter, text: str | None, errors: list[FieldError]) -> None:
+        if text is None:
+            if parameter.required:
+                errors.append(FieldError(parameter.where, _REQUIRED))
+            return
+        problem = parameter.check(text)
+        if problem is not None:
+            errors.append(problem)
+
+
 class ValidationLayer:
     """Validates the bodies of the routes that declare one (``body:`` in the route settings).
 
@@ -255,6 +358,9 @@ class ValidationLayer:
         return None
 
     def attach(self, plan: RoutePlan) -> None:
+        if plan.settings.params is not None:
+            plan.request_hooks = (*plan.request_hooks,
+                                  _ParameterValidator(plan.settings.params))
         settings = plan.settings.body
         model = self.models.get(plan.key)
         if settings is None:

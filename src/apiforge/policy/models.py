@@ -26,6 +26,7 @@ __all__ = [
     "FieldSanitizer",
     "JsonLimitSettings",
     "LimitSettings",
+    "ParameterSettings",
     "Policy",
     "RouteSettings",
     "ServerSettings",
@@ -189,6 +190,29 @@ class BodySettings(PolicyModel):
     carriage return are refused (422)."""
 
 
+class ParameterSettings(PolicyModel):
+    """Schemas of a route's path, query and header parameters.
+
+    Each parameter maps to a JSON Schema for its value. Values arrive as text: when the schema
+    says `integer`, `number` or `boolean`, the text must be exactly such a literal (`12`,
+    `-3.5`, `true`), and is then checked against the rest of the schema. A parameter whose
+    schema has `required: true` must be present. A query parameter may appear only once.
+    """
+
+    path: dict[str, dict[str, object]] = Field(default_factory=dict)
+    """Schemas of the `{name}` segments of the route's path."""
+
+    query: dict[str, dict[str, object]] = Field(default_factory=dict)
+    """Schemas of query parameters."""
+
+    headers: dict[str, dict[str, object]] = Field(default_factory=dict)
+    """Schemas of request headers (names in any case)."""
+
+    unknown_query: Literal["refuse", "allow"] = "refuse"
+    """`refuse`: a query parameter the route does not name gets 422 (it may be an attempt to
+    reach a parameter the app reads but the gateway does not check). `allow`: it passes."""
+
+
 class RouteSettings(PolicyModel):
     """Settings of one declared route; later layers add their keys here."""
 
@@ -203,6 +227,10 @@ class RouteSettings(PolicyModel):
 
     body: BodySettings | None = None
     """The body this route accepts. Without it, a body is only size-limited."""
+
+    params: ParameterSettings | None = None
+    """The path, query and header parameters this route accepts, validated after
+    authentication (422 with field errors). Without it, they are not checked."""
 
     headers: RouteHeadersSettings | None = None
     """Overrides of the top-level `security_headers` for this route's responses."""
