@@ -285,7 +285,7 @@ async def test_every_written_key_expires(shared: tuple[RedisLimiter, redis.Redis
     limits = [
         Limit("address", rate=5, period=2.0, burst=5),
         Limit("user", rate=3, period=30.0, burst=3, algorithm="sliding_window"),
-        Limit("global", rate=1000, period=1.0, burst=50),
+        Limit("global", rate=10, period=10.0, burst=50),
     ]
     for i in range(20):
         await limiter.check_all(limits, Identities(f"192.0.2.{i % 4}", user=f"u{i % 3}"))
@@ -431,7 +431,7 @@ async def test_store_failure_and_fallback_round_trip(own_redis: OwnRedis) -> Non
         probe_interval=0.05,
         on_switch=lambda mode, error: switches.append((mode, error)),
     )
-    limit = Limit("route", rate=1000, period=1.0, burst=1000)
+    limit = Limit("route", rate=1000, period=3600.0, burst=1000)
     who = Identities(route="r")
     try:
         for _ in range(20):

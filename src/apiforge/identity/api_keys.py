@@ -60,6 +60,7 @@ __all__ = [
 
 BASE62: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
 PREFIX: Final = "afk_"
+VERIFIED_MEMO_SIZE: Final = 10_000
 ID_LENGTH: Final = 12
 SECRET_LENGTH: Final = 30
 CRC_LENGTH: Final = 6
@@ -374,6 +375,8 @@ class ApiKeyService:
         self.cache: Final = cache if cache is not None else KeyCache()
         self._last_used: dict[str, datetime] = {}
         self._rehash: dict[str, tuple[bytes, bytes]] = {}
+        # SHA-256 of keys that passed the full check -> (key id, digest checked against).
+        self._verified: dict[bytes, tuple[str, bytes]] = {}
 
     # -- the request path: no I/O ------------------------------------------------------------
 
@@ -381,7 +384,10 @@ class ApiKeyService:
         """Check a presented key against the in-process cache.
 
         No store is queried: a key unknown to the cache is refused, so a flood of random keys
-        costs a parse and a dict lookup each.
+        costs a parse and a dict lookup each. A key that passed the full check is remembered
+        by its SHA-256 (never in clear), so its next requests skip the parse and the HMAC as
+        long as the key's record keeps the digest it was checked against; its state (revoked,
+        rotated, expired) is checked on every request.
 
         Args:
             text: the key as presented by the client (untrusted).
@@ -394,27 +400,43 @@ class ApiKeyService:
             InvalidApiKey: with reason ``malformed``, ``bad_checksum``, ``unknown_id``,
                 ``wrong_secret``, ``revoked``, ``rotated_out`` or ``expired``.
         """
-        parsed = parse_key(text)
+        raw = text.reveal() if isinstance(text, Secret) else text
+        fingerprint = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).digest()
+        seen = self._verified.get(fingerprint)
+        if seen is not None:
+            record = self.cache.get(seen[0])
+            # These exact bytes passed the full check against this exact digest; if the record
+            # still holds it, only its state (revoked, expired, rotated) can have changed.
+            if record is not None and record.digest == seen[1]:
+                return self._check_state(record, now)
+        parsed = parse_key(raw)
         record = self.cache.get(parsed.key_id)
         if record is None or record.env != parsed.env:
             raise InvalidApiKey("unknown_id", parsed.key_id)
         pepper = self._hasher.match(parsed.secret, record.digest)
         if pepper is None:
             raise InvalidApiKey("wrong_secret", parsed.key_id)
-        # State is checked only after the secret: only the key's holder learns (through the
-        # internal log) whether the key was revoked or expired.
-        now = now or _utcnow()
-        if record.status == "revoked":
-            raise InvalidApiKey("revoked", parsed.key_id)
-        if record.overlap_until is not None and now >= record.overlap_until:
-            raise InvalidApiKey("rotated_out", parsed.key_id)
-        if record.expires_at is not None and now >= record.expires_at:
-            raise InvalidApiKey("expired", parsed.key_id)
-        self._last_used[record.key_id] = now
+        self._check_state(record, now)
         if pepper:
             # Digest made under an older pepper: upgrade it at the next flush, off this path,
             # so the old pepper can be retired once every used key has been seen.
             self._rehash[record.key_id] = (record.digest, self._hasher.digest(parsed.secret))
+        if len(self._verified) >= VERIFIED_MEMO_SIZE:
+            self._verified.clear()  # bounded: a flood of distinct valid keys cannot grow it
+        self._verified[fingerprint] = (record.key_id, record.digest)
+        return record
+
+    def _check_state(self, record: ApiKeyRecord, now: datetime | None) -> ApiKeyRecord:
+        # State is checked only after the secret: only the key's holder learns (through the
+        # internal log) whether the key was revoked or expired.
+        now = now or _utcnow()
+        if record.status == "revoked":
+            raise InvalidApiKey("revoked", record.key_id)
+        if record.overlap_until is not None and now >= record.overlap_until:
+            raise InvalidApiKey("rotated_out", record.key_id)
+        if record.expires_at is not None and now >= record.expires_at:
+            raise InvalidApiKey("expired", record.key_id)
+        self._last_used[record.key_id] = now
         return record
 
     # -- start-up, refresh and background work -----------------------------------------------

@@ -20,7 +20,7 @@ from apiforge.core.context import Principal, RequestContext
 from apiforge.core.routing import RoutePlan
 from apiforge.errors import BadRequest, ConfigurationError, Unauthorized
 from apiforge.events import EventBus, make_event
-from apiforge.identity import InvalidApiKey
+from apiforge.identity import ApiKeyRecord, InvalidApiKey
 from apiforge.identity.runtime import IdentityRuntime
 from apiforge.policy.models import Policy
 
@@ -28,6 +28,7 @@ __all__ = ["ApiKeyLayer"]
 
 _CHALLENGE = ("www-authenticate", 'ApiKey realm="apiforge", header="X-API-Key"')
 _APIKEY_SCHEME = b"apikey "
+_PRINCIPALS_KEPT = 10_000
 # A key-looking value or a key-named parameter in the query string.
 _KEY_IN_QUERY = re.compile(rb"(?:^|&)(?:api[_-]?key|x-api-key)=|afk_", re.IGNORECASE)
 
@@ -47,6 +48,8 @@ class ApiKeyLayer:
         self.policy = policy
         self.runtime = runtime
         self.events = events
+        # One immutable Principal per key record, rebuilt when the record changes.
+        self._principals: dict[str, tuple[ApiKeyRecord, Principal]] = {}
 
     def early_hook(self) -> None:
         return None
@@ -100,7 +103,13 @@ class ApiKeyLayer:
             record = self.runtime.keys.verify(presented.decode("latin-1"))
         except InvalidApiKey as refused:
             self._fail(ctx, refused.reason, key_id=refused.key_id)
-        ctx.principal = Principal(application=record.application_id, scopes=record.scopes)
+        known = self._principals.get(record.key_id)
+        if known is None or known[0] is not record:
+            if len(self._principals) >= _PRINCIPALS_KEPT:
+                self._principals.clear()
+            known = self._principals[record.key_id] = (
+                record, Principal(application=record.application_id, scopes=record.scopes))
+        ctx.principal = known[1]
 
     def _fail(self, ctx: RequestContext, reason: str, *, key_id: str | None = None,
               exposed: bool = False) -> NoReturn:

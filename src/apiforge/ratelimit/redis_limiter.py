@@ -331,6 +331,9 @@ class FallbackLimiter:
             self._switch("primary", None)
 
     def _switch(self, mode: Mode, error: StoreError | None) -> None:
+        # Requests in flight when Redis died all fail: report the switch once, not per request.
+        if mode == self._mode:
+            return
         self._mode = mode
         if mode == "local":
             self._next_probe = self._clock() + self._probe_interval
