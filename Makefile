@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: lint types audit pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 
 types: $(STAMP)
 	$(BIN)/mypy --strict src
@@ -29,6 +29,7 @@ types: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/bandit -q -c pyproject.toml -r src
 	$(BIN)/pip-audit --disable-pip --no-deps -r constraints.txt --progress-spinner off
+	$(BIN)/python scripts/audit_latest.py constraints.txt
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
