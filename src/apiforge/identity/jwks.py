@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
 import httpx
+import orjson
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -141,6 +142,16 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
         ValueError: not UTF-8, not JSON, not an object, or a duplicate member name (the message
             is ``"duplicate member"`` for the latter).
     """
+    # Fast path: issuers emit compact JSON. If orjson's re-serialization reproduces the input
+    # byte for byte, the input had no duplicate member (a duplicate would have been dropped,
+    # so the bytes would differ). Anything else takes the strict, slower path below.
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if type(value) is dict and orjson.dumps(value) == raw:
+            return value
     try:
         value = json.loads(
             raw.decode("utf-8"),

@@ -7,6 +7,8 @@ What is limited (:class:`Limit`, :class:`Identities`), how (:mod:`.gcra`,
 algorithms are plain Python with an injected clock and know nothing of HTTP.
 """
 
+from typing import TYPE_CHECKING
+
 from apiforge.ratelimit.gcra import NEVER, GcraOutcome, gcra
 from apiforge.ratelimit.headers import rate_limit, rate_limit_policy, retry_after
 from apiforge.ratelimit.limits import (
@@ -22,6 +24,9 @@ from apiforge.ratelimit.limits import (
 )
 from apiforge.ratelimit.memory import MemoryLimiter
 from apiforge.ratelimit.sliding_window import SlidingOutcome, sliding_window
+
+if TYPE_CHECKING:
+    from apiforge.ratelimit.redis_limiter import FallbackLimiter, RedisLimiter
 
 __all__ = [
     "NEVER",

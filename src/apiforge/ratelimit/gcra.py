@@ -21,7 +21,7 @@ full burst would be refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["NEVER", "GcraOutcome", "gcra"]
 
@@ -29,8 +29,7 @@ NEVER = -1
 """``retry_after`` of a request heavier than the burst: it can never be admitted."""
 
 
-@dataclass(frozen=True, slots=True)
-class GcraOutcome:
+class GcraOutcome(NamedTuple):
     """One GCRA decision (times in microseconds).
 
     Attributes:

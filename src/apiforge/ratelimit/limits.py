@@ -25,7 +25,7 @@ import ipaddress
 import math
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol, TypeAlias
+from typing import ClassVar, Literal, NamedTuple, Protocol, TypeAlias
 
 from apiforge.ratelimit.gcra import NEVER, gcra
 from apiforge.ratelimit.sliding_window import WindowState, sliding_window
@@ -161,8 +161,7 @@ class Identities:
     route: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """The outcome of one limit for one request (seconds)."""
 
     limit: Limit
@@ -174,8 +173,7 @@ class Verdict:
     """0 when allowed; ``math.inf`` when the request can never pass this limit."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome of every limit of one request.
 
     Attributes:
@@ -291,6 +289,9 @@ def combine(verdicts: Sequence[Verdict]) -> Decision:
     """The decision of a request from its verdicts (already all-or-nothing)."""
     if not verdicts:
         return _NO_LIMIT
+    if len(verdicts) == 1:
+        v = verdicts[0]
+        return Decision(v.allowed, v.remaining, v.reset_after, v.retry_after, (v,), v)
     refused = [v for v in verdicts if not v.allowed]
     if refused:
         binding = max(refused, key=lambda v: v.retry_after)
@@ -321,25 +322,23 @@ def decide(
         limit when the request is admitted, nothing when it is refused (a refusal charges no
         limit, not even those that would have admitted it).
     """
-    raw = [
-        evaluate(limit, state, now_us, limit.cost)
-        for (limit, _), state in zip(found, stored, strict=True)
-    ]
+    raw = []
+    admitted = True
+    for (limit, _), state in zip(found, stored, strict=True):
+        r = evaluate(limit, state, now_us, limit.cost)
+        admitted = admitted and r[0]
+        raw.append(r)
     writes: list[tuple[str, State, int]] = []
-    if all(r[0] for r in raw):
-        for (_, key), r in zip(found, raw, strict=True):
+    verdicts: list[Verdict] = []
+    for index, (limit, key) in enumerate(found):
+        r = raw[index]
+        if admitted:
             if r[1] is not None and r[3] > 0:
                 writes.append((key, r[1], r[3]))
-    else:
-        # Report the uncharged standing of the limits that would have admitted it.
-        raw = [
-            evaluate(limit, state, now_us, 0) if r[0] else r
-            for (limit, _), state, r in zip(found, stored, raw, strict=True)
-        ]
-    verdicts = [
-        verdict(limit, key, r[0], r[2], r[3], r[4])
-        for (limit, key), r in zip(found, raw, strict=True)
-    ]
+        elif r[0]:
+            # Report the uncharged standing of a limit that would have admitted it.
+            r = evaluate(limit, stored[index], now_us, 0)
+        verdicts.append(verdict(limit, key, r[0], r[2], r[3], r[4]))
     return combine(verdicts), writes
 
 

@@ -14,7 +14,7 @@ agree exactly (``limit * period`` must stay below 2**52, checked by ``Limit``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from apiforge.ratelimit.gcra import NEVER
 
@@ -24,8 +24,7 @@ WindowState = tuple[int, int, int]
 """``(window index, count in that window, count in the window before it)``."""
 
 
-@dataclass(frozen=True, slots=True)
-class SlidingOutcome:
+class SlidingOutcome(NamedTuple):
     """One sliding-window decision (times in microseconds); fields as in ``GcraOutcome``."""
 
     allowed: bool
