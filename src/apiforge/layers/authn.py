@@ -69,19 +69,24 @@ class ApiKeyLayer:
         plan.request_hooks = (*plan.request_hooks, self._check)
 
     def _check(self, ctx: RequestContext, scope: Any) -> Awaitable[None] | None:
-        runtime = self.runtime
-        assert runtime is not None  # noqa: S101 - attach() refuses to plan without one
+        runtime = self._runtime()
         if not runtime.ready:
-            return self._start_then_check(ctx, scope)
-        self._verify(ctx, scope)
+            return self._start_then_check(runtime, ctx, scope)
+        self._verify(runtime, ctx, scope)
         return None
 
-    async def _start_then_check(self, ctx: RequestContext, scope: Any) -> None:
-        assert self.runtime is not None  # noqa: S101
-        await self.runtime.start()
-        self._verify(ctx, scope)
+    async def _start_then_check(
+        self, runtime: IdentityRuntime, ctx: RequestContext, scope: Any
+    ) -> None:
+        await runtime.start()
+        self._verify(runtime, ctx, scope)
 
-    def _verify(self, ctx: RequestContext, scope: Any) -> None:
+    def _runtime(self) -> IdentityRuntime:
+        if self.runtime is None:  # attach() refuses to plan such a route; deny if it ever runs
+            raise ConfigurationError("authentication is not configured")
+        return self.runtime
+
+    def _verify(self, runtime: IdentityRuntime, ctx: RequestContext, scope: Any) -> None:
         headers = ctx.headers
         header_key = headers.get(b"x-api-key")
         authorization = headers.get(b"authorization")
@@ -98,9 +103,8 @@ class ApiKeyLayer:
         presented = header_key if header_key is not None else scheme_key
         if not presented:
             self._fail(ctx, "missing_key")
-        assert self.runtime is not None  # noqa: S101
         try:
-            record = self.runtime.keys.verify(presented.decode("latin-1"))
+            record = runtime.keys.verify(presented.decode("latin-1"))
         except InvalidApiKey as refused:
             self._fail(ctx, refused.reason, key_id=refused.key_id)
         known = self._principals.get(record.key_id)

@@ -199,7 +199,8 @@ class RedisLimiter:
         if len(batch) == 1:
             return await self._one(call)
         leader_future = batch[0][1]
-        assert leader_future is not None  # noqa: S101 - set just above
+        if leader_future is None:  # set just above; checked rather than asserted (python -O)
+            raise StoreError("rate-limit batch lost its result")
         return await leader_future
 
     async def _send(self, batch: list[tuple[_Call, asyncio.Future[list[Any]] | None]]) -> None:
