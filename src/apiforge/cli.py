@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from apiforge.errors import ConfigurationError
-from apiforge.keys_cli import keys
+from apiforge.keys_cli import accounts, keys
 from apiforge.policy import DEFAULT_POLICY_PATH, load_policy
 
 __all__ = ["app", "main"]
@@ -48,6 +48,7 @@ def check_config(
 certs = typer.Typer(help="Certificates for HTTPS.", no_args_is_help=True)
 app.add_typer(certs, name="certs")
 app.add_typer(keys, name="keys")
+app.add_typer(accounts, name="accounts")
 
 
 @certs.command("dev")

@@ -1,4 +1,4 @@
-"""``apiforge keys``: create, list, rotate and revoke API keys; make peppers.
+"""``apiforge keys`` and ``apiforge accounts``: API keys and account status from the shell.
 
 Changes are written to the record store and published on the state store's change feed, so
 running servers sharing the stores pick them up within a second.
@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from apiforge.errors import ApiForgeError, ConfigurationError
-from apiforge.identity import Application
-from apiforge.identity.runtime import IdentityRuntime, new_pepper
+from apiforge.identity import ADMIN_ROLE, Account, AccountStatus, Application
+from apiforge.identity.runtime import APPLICATION_TOPIC, IdentityRuntime, new_pepper
 from apiforge.policy import DEFAULT_POLICY_PATH, Policy, load_policy
 
-__all__ = ["keys"]
+__all__ = ["accounts", "keys"]
 
 keys = typer.Typer(help="API keys: create, list, rotate, revoke.", no_args_is_help=True)
 out = Console()
@@ -70,7 +70,7 @@ def _run(policy: Path | None, data_dir: Path | None,
 
     try:
         return asyncio.run(main())
-    except (ApiForgeError, ValueError) as exc:
+    except (ApiForgeError, ValueError, LookupError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         raise typer.Exit(1) from None
 
@@ -88,6 +88,10 @@ def create(
     expires_in_days: Annotated[
         int | None, typer.Option("--expires-in-days", min=1, help="Days until it expires.")
     ] = None,
+    owner: Annotated[
+        str | None, typer.Option("--owner", help="Username owning a new application: its"
+                                 " keys stop working while that account is not active.")
+    ] = None,
     policy: PolicyOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -95,8 +99,10 @@ def create(
 
     async def action(runtime: IdentityRuntime) -> str:
         if runtime.stores.applications.get_application(app) is None:
+            owner_id = _account(runtime, owner).account_id if owner else None
             runtime.stores.applications.add_application(
-                Application(app, app, None, datetime.now(UTC)))
+                Application(app, app, owner_id, datetime.now(UTC)))
+            await runtime.stores.state.publish_change(APPLICATION_TOPIC, app)
         expires = (datetime.now(UTC) + timedelta(days=expires_in_days)
                    if expires_in_days else None)
         secret, record = await runtime.keys.create(app, scope or [], env, expires_at=expires)
@@ -174,6 +180,82 @@ def pepper(
         raise typer.Exit(1)
     ensure_pepper_file(path)
     out.print(f"wrote {path} (mode 0600)", markup=False, highlight=False)
+
+
+accounts = typer.Typer(help="Accounts: create, list, suspend, activate.",
+                       no_args_is_help=True)
+# The command line acts as the operator, who holds the stores' credentials.
+_OPERATOR = Account("operator", "operator", frozenset({ADMIN_ROLE}))
+
+
+def _account(runtime: IdentityRuntime, username: str) -> Account:
+    for account in runtime.stores.accounts.list_accounts():
+        if account.username == username:
+            return account
+    raise ConfigurationError(f"no account named {username!r}; `apiforge accounts list` shows them")
+
+
+@accounts.command("create")
+def create_account(
+    username: Annotated[str, typer.Argument(help="The new account's username.")],
+    role: Annotated[list[str] | None, typer.Option("--role", help="A role (repeat).")] = None,
+    policy: PolicyOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create an active account (no password: it logs in through its applications' keys)."""
+
+    async def action(runtime: IdentityRuntime) -> str:
+        if any(a.username == username for a in runtime.stores.accounts.list_accounts()):
+            raise ConfigurationError(f"an account named {username!r} exists")
+        return (await runtime.accounts.create(username, role or [])).account_id
+
+    out.print(f"created {username} ({_run(policy, data_dir, action)})", markup=False,
+              highlight=False)
+
+
+@accounts.command("list")
+def list_accounts(policy: PolicyOption = None, data_dir: DataDirOption = None) -> None:
+    """List accounts with their roles, status and version."""
+
+    async def action(runtime: IdentityRuntime) -> Table:
+        table = Table("username", "id", "roles", "status", "version")
+        for a in sorted(runtime.stores.accounts.list_accounts(), key=lambda a: a.username):
+            table.add_row(a.username, a.account_id, " ".join(sorted(a.roles)), a.status,
+                          str(a.version))
+        return table
+
+    out.print(_run(policy, data_dir, action))
+
+
+def _set_status(username: str, status: AccountStatus, policy: Path | None,
+                data_dir: Path | None) -> None:
+    async def action(runtime: IdentityRuntime) -> None:
+        await runtime.accounts.set_status(_account(runtime, username).account_id, status,
+                                          _OPERATOR)
+
+    _run(policy, data_dir, action)
+    out.print(f"{username}: {status}", markup=False, highlight=False)
+
+
+@accounts.command("suspend")
+def suspend(username: Annotated[str, typer.Argument(help="The account to suspend.")],
+            policy: PolicyOption = None, data_dir: DataDirOption = None) -> None:
+    """Suspend an account: refused at once on every server sharing the stores."""
+    _set_status(username, "suspended", policy, data_dir)
+
+
+@accounts.command("lock")
+def lock(username: Annotated[str, typer.Argument(help="The account to lock.")],
+         policy: PolicyOption = None, data_dir: DataDirOption = None) -> None:
+    """Lock an account (an administrator's decision; guessing never locks an account)."""
+    _set_status(username, "locked", policy, data_dir)
+
+
+@accounts.command("activate")
+def activate(username: Annotated[str, typer.Argument(help="The account to re-activate.")],
+             policy: PolicyOption = None, data_dir: DataDirOption = None) -> None:
+    """Make a suspended or locked account active again."""
+    _set_status(username, "active", policy, data_dir)
 
 
 def _when(moment: datetime | None) -> str:

@@ -52,10 +52,20 @@ def shared_policy(tmp_path: Path) -> Iterator[Path]:
         probe.close()
 
 
-def cli(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "apiforge", "keys", *args], check=True,
+def cli(*args: str, group: str = "keys") -> str:
+    done = subprocess.run([sys.executable, "-m", "apiforge", group, *args], check=True,
                           capture_output=True, text=True, timeout=60)
     return done.stdout
+
+
+def wait_for(servers: list[tuple[subprocess.Popen[str], str]], key: str, status: int,
+             since: float) -> None:
+    """Every server answers ``status`` for ``key`` within a second of ``since``."""
+    for _, url in servers:
+        while httpx.get(url + "/who", headers={"x-api-key": key}, timeout=10).status_code \
+                != status:
+            assert time.monotonic() - since < 1.0, f"not {status} within a second"
+            time.sleep(0.02)
 
 
 def start_server(policy: Path) -> tuple[subprocess.Popen[str], str]:
@@ -101,6 +111,27 @@ def test_revocation_reaches_every_process_within_a_second(shared_policy: Path) -
                             timeout=10).status_code != 200:
                 assert time.monotonic() < deadline, "new key not seen within a second"
                 time.sleep(0.02)
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            process.wait(timeout=10)
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+def test_a_suspended_owner_is_refused_everywhere_within_a_second(shared_policy: Path) -> None:
+    policy = ("--policy", str(shared_policy))
+    cli("create", "bob", "--role", "user", *policy, group="accounts")
+    output = cli("create", "--app", "bobs-app", "--owner", "bob", "--env", "test", *policy)
+    key = next(line.strip() for line in output.splitlines()
+               if line.strip().startswith("afk_test_"))
+    servers = [start_server(shared_policy) for _ in range(2)]
+    try:
+        wait_for(servers, key, 200, time.monotonic())
+        cli("suspend", "bob", *policy, group="accounts")
+        wait_for(servers, key, 401, time.monotonic())
+        cli("activate", "bob", *policy, group="accounts")
+        wait_for(servers, key, 200, time.monotonic())
     finally:
         for process, _ in servers:
             process.terminate()

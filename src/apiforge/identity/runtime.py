@@ -13,15 +13,29 @@ import contextlib
 import logging
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 from apiforge.errors import ConfigurationError
-from apiforge.identity import AccountService, ApiKeyService, CacheRefresher, KeyHasher
+from apiforge.identity import (
+    AccountService,
+    ApiKeyService,
+    Application,
+    CacheRefresher,
+    KeyHasher,
+)
 from apiforge.policy.models import AuthenticationSettings
 from apiforge.secrets import Secret
 from apiforge.stores import IdentityStores, open_identity_stores
+from apiforge.stores.protocols import ApplicationStore
 
-__all__ = ["IdentityRuntime", "ensure_pepper_file", "load_peppers"]
+__all__ = [
+    "APPLICATION_TOPIC",
+    "ApplicationCache",
+    "IdentityRuntime",
+    "ensure_pepper_file",
+    "load_peppers",
+]
 
 MIN_PEPPER_BYTES = 32
 RECORD_RELOAD_SECONDS = 1.0
@@ -87,6 +101,32 @@ def ensure_pepper_file(path: Path) -> None:
         handle.write(new_pepper() + "\n")
 
 
+APPLICATION_TOPIC = "application"
+
+
+class ApplicationCache:
+    """Applications by id, in process; refreshed through the change feed like keys."""
+
+    topic = APPLICATION_TOPIC
+
+    def __init__(self, store: ApplicationStore) -> None:
+        self._store = store
+        self.by_id: dict[str, Application] = {}
+
+    async def load(self) -> int:
+        applications = await asyncio.to_thread(self._store.list_applications)
+        self.by_id = {a.application_id: a for a in applications}
+        return len(applications)
+
+    async def refresh(self, ids: Iterable[str]) -> None:
+        for application_id in set(ids):
+            found = await asyncio.to_thread(self._store.get_application, application_id)
+            if found is None:
+                self.by_id.pop(application_id, None)
+            else:
+                self.by_id[application_id] = found
+
+
 class IdentityRuntime:
     """API keys and accounts for one process, with their caches and refresher.
 
@@ -105,7 +145,9 @@ class IdentityRuntime:
         )
         self.keys = ApiKeyService(self.stores.api_keys, self.stores.state, self.hasher)
         self.accounts = AccountService(self.stores.accounts, self.stores.state)
-        self.refresher = CacheRefresher(self.stores.state, [self.keys, self.accounts])
+        self.applications = ApplicationCache(self.stores.applications)
+        self.refresher = CacheRefresher(self.stores.state,
+                                        [self.keys, self.accounts, self.applications])
         self.ready = False
         self._starting: asyncio.Lock | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -144,5 +186,6 @@ class IdentityRuntime:
             try:
                 await self.keys.load()
                 await self.accounts.load()
+                await self.applications.load()
             except Exception:
                 _log.exception("reloading identity records failed; keeping the cached ones")

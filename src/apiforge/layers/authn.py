@@ -20,7 +20,7 @@ from apiforge.core.context import Principal, RequestContext
 from apiforge.core.routing import RoutePlan
 from apiforge.errors import BadRequest, ConfigurationError, Unauthorized
 from apiforge.events import EventBus, make_event
-from apiforge.identity import ApiKeyRecord, InvalidApiKey
+from apiforge.identity import AccountRefused, ApiKeyRecord, InvalidApiKey
 from apiforge.identity.runtime import IdentityRuntime
 from apiforge.policy.models import Policy
 
@@ -107,6 +107,18 @@ class ApiKeyLayer:
             record = runtime.keys.verify(presented.decode("latin-1"))
         except InvalidApiKey as refused:
             self._fail(ctx, refused.reason, key_id=refused.key_id)
+        application = runtime.applications.by_id.get(record.application_id)
+        owner_id = application.owner_account_id if application is not None else None
+        if owner_id is not None:
+            # A suspended (or locked, deleted) owner takes its applications' keys with it, on
+            # every instance at once: the account's version is checked on each request.
+            owner = runtime.accounts.get(owner_id)
+            if owner is None:
+                self._fail(ctx, "owner_unknown", key_id=record.key_id)
+            try:
+                runtime.accounts.check(owner)
+            except AccountRefused as refused:
+                self._fail(ctx, f"account_{refused.reason}", key_id=record.key_id)
         known = self._principals.get(record.key_id)
         if known is None or known[0] is not record:
             if len(self._principals) >= _PRINCIPALS_KEPT:
