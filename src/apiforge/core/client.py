@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 
-__all__ = ["ClientResolver", "normalize_address"]
+__all__ = ["ClientResolver", "address_group", "normalize_address"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -29,6 +29,23 @@ def normalize_address(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
+
+
+def address_group(host: str, ipv6_prefix_length: int = 64) -> str:
+    """The key a client is counted under, by limits and connection caps alike.
+
+    IPv4 and IPv4-mapped IPv6 addresses are the IPv4 address; other IPv6 addresses are their
+    ``/ipv6_prefix_length`` network (one subscriber usually holds a whole /64, and would get a
+    fresh budget per address otherwise); anything else (a Unix socket path) is unchanged.
+    """
+    key = normalize_address(host)
+    if ":" not in key or ipv6_prefix_length >= 128:
+        return key
+    try:
+        network = ipaddress.IPv6Network(f"{key}/{ipv6_prefix_length}", strict=False)
+    except ValueError:
+        return key
+    return str(network)
 
 
 class ClientResolver:

@@ -21,12 +21,12 @@ A limit whose identity is missing (a ``user`` limit on an anonymous request) doe
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, NamedTuple, Protocol, TypeAlias
 
+from apiforge.core.client import address_group
 from apiforge.ratelimit.gcra import NEVER, gcra
 from apiforge.ratelimit.sliding_window import WindowState, sliding_window
 
@@ -206,19 +206,6 @@ class Limiter(Protocol):
     ) -> Decision:
         """Decide and charge ``limits`` all-or-nothing; raises ``StoreError`` on failure."""
         ...
-
-
-def address_group(address: str) -> str:
-    """The address a limit counts against: IPv4 as is, IPv4-mapped as IPv4, IPv6 by /64."""
-    if ":" not in address:
-        return address
-    try:
-        parsed = ipaddress.IPv6Address(address.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return address
-    if parsed.ipv4_mapped is not None:
-        return str(parsed.ipv4_mapped)
-    return f"{ipaddress.IPv6Address(int(parsed) >> 64 << 64)}/64"
 
 
 def _identity(limit: Limit, identities: Identities) -> str | None:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ import h11
 import orjson
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from apiforge.core.client import normalize_address
+from apiforge.core.client import address_group
 from apiforge.core.problem import DEFAULT_TYPE_BASE, PROBLEM_CONTENT_TYPE
 
 __all__ = [
@@ -137,27 +136,8 @@ class ConnectionStats:
     header_timeouts: int
 
 
-def client_key(host: str, ipv6_prefix_length: int = 64) -> str:
-    """The key a peer address is counted under.
-
-    IPv4 and IPv4-mapped IPv6 addresses are the IPv4 address; other IPv6 addresses are their
-    ``/ipv6_prefix_length`` network; anything else (a Unix socket path) is returned unchanged.
-
-    Args:
-        host: The peer's host as the transport reports it.
-        ipv6_prefix_length: Leading bits of an IPv6 address that identify one client.
-
-    Returns:
-        The counting key, e.g. ``"203.0.113.7"`` or ``"2001:db8:1:2::/64"``.
-    """
-    key = normalize_address(host)
-    if ":" not in key or ipv6_prefix_length >= 128:
-        return key
-    try:
-        network = ipaddress.IPv6Network(f"{key}/{ipv6_prefix_length}", strict=False)
-    except ValueError:
-        return key
-    return str(network)
+client_key = address_group
+"""The key a peer address is counted under (see :func:`apiforge.core.client.address_group`)."""
 
 
 class ConnectionTracker:
