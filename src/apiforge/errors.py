@@ -176,7 +176,7 @@ class ValidationFailed(ApiError):
 
     status = 422
     code = "validation_failed"
-    title = "The request body did not pass validation."
+    title = "The request did not pass validation."
 
     def __init__(self, errors: Iterable[FieldError], **kwargs: object) -> None:
         self.errors = tuple(errors)
