@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from apiforge.core.pipeline import ASGIApp, Layer, Pipeline
-from apiforge.events import EventBus, JsonLinesSink
+from apiforge.core.pipeline import ASGIApp, Layer, Pipeline, event_bus
+from apiforge.events import EventBus
 from apiforge.identity.runtime import IdentityRuntime
 from apiforge.layers.authn import ApiKeyLayer
 from apiforge.layers.cors import CorsLayer
@@ -17,17 +17,8 @@ from apiforge.layers.headers import SecurityHeadersLayer
 from apiforge.layers.hosts import HostLayer
 from apiforge.layers.validation import BusinessCheck, ValidationLayer
 from apiforge.policy import Policy, load_policy
-from apiforge.policy.models import EventsSettings
 
-__all__ = ["event_bus", "needs_identity", "protect", "standard_layers"]
-
-
-def event_bus(settings: EventsSettings) -> EventBus:
-    """The event bus the policy's ``events`` section describes, started."""
-    bus = EventBus([JsonLinesSink()] if settings.sink == "stdout" else [],
-                   queue_size=settings.queue_size)
-    bus.start()
-    return bus
+__all__ = ["needs_identity", "protect", "standard_layers"]
 
 
 def needs_identity(policy: Policy) -> bool:

@@ -10,9 +10,14 @@ one value resolved here.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 
-__all__ = ["ClientResolver", "address_group", "normalize_address"]
+__all__ = ["DNS_NAME", "ClientResolver", "address_group", "normalize_address"]
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
+"""A lower-case host name: dot-separated labels of letters, digits and inner hyphens."""
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
-import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,6 +30,7 @@ from apiforge.core.client import ClientResolver, normalize_address
 from apiforge.core.context import SCOPE_KEY, RequestContext
 from apiforge.core.deadlines import DeadlineWatch, Watched
 from apiforge.core.problem import PROBLEM_CONTENT_TYPE, send_problem
+from apiforge.core.request_id import RequestIds
 from apiforge.core.routing import Respond, RoutePlan, RouteTable
 from apiforge.errors import (
     ApiError,
@@ -53,9 +52,9 @@ from apiforge.errors import (
 from apiforge.events import EventBus, JsonLinesSink, Level, RequestMetrics, make_event
 
 if TYPE_CHECKING:
-    from apiforge.policy.models import Policy
+    from apiforge.policy.models import EventsSettings, Policy
 
-__all__ = ["ASGIApp", "Layer", "Pipeline"]
+__all__ = ["ASGIApp", "Layer", "Pipeline", "event_bus"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,7 +68,6 @@ logger = logging.getLogger("apiforge")
 
 # In report-only mode bodies over the limit pass, but are still never buffered without bound.
 _REPORT_CEILING = 64 * 1024 * 1024
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
 # Headers of an app's error answer that are safe and useful to carry into our problem body.
 _KEPT_ERROR_HEADERS = frozenset({b"allow", b"retry-after", b"www-authenticate"})
 _ERRORS_BY_STATUS: dict[int, type[ApiError]] = {
@@ -103,15 +101,12 @@ class Layer(Protocol):
     def attach(self, plan: RoutePlan) -> None: ...
 
 
-class _RequestIds:
-    """Cheap unique ids: a random per-process prefix and a counter (no syscall per request)."""
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(5).hex()
-        self._counter = itertools.count(0x10000000)
-
-    def next(self) -> str:
-        return self._prefix + format(next(self._counter), "x")
+def event_bus(settings: EventsSettings) -> EventBus:
+    """The event bus a policy's ``events`` section describes, started."""
+    bus = EventBus([JsonLinesSink()] if settings.sink == "stdout" else [],
+                   queue_size=settings.queue_size)
+    bus.start()
+    return bus
 
 
 class Pipeline:
@@ -139,13 +134,11 @@ class Pipeline:
         self.owns_events = events is None
         """Close the event bus when the server shuts down (it was made for this pipeline)."""
         if events is None:
-            events = EventBus([JsonLinesSink()] if policy.events.sink == "stdout" else [],
-                              queue_size=policy.events.queue_size)
-            events.start()
+            events = event_bus(policy.events)
         self.events = events
         self.metrics = RequestMetrics(dropped=lambda: events.dropped)
         self._type_base = policy.problem_type_base
-        self._ids = _RequestIds()
+        self._ids = RequestIds()
         self._deadlines = DeadlineWatch()
         limits = policy.limits
         self._max_header = int(limits.max_header)
@@ -186,11 +179,7 @@ class Pipeline:
 
         raw_headers = scope["headers"]
         headers = dict(raw_headers)
-        supplied = headers.get(b"x-request-id")
-        if supplied is not None and _REQUEST_ID.match(supplied):
-            request_id = supplied.decode("ascii")
-        else:
-            request_id = self._ids.next()
+        request_id = self._ids.for_request(headers)
         peer = scope.get("client")
         host = normalize_address(peer[0]) if peer else "unknown"
         scheme = scope["scheme"]

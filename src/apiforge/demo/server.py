@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
+from apiforge.core.pipeline import event_bus
 from apiforge.demo import load_demo_policy, protected_demo_app
 from apiforge.demo.bootstrap import CREDENTIALS_FILE
 from apiforge.events import make_event
 from apiforge.layers.plain_http import PlainHttpApp
-from apiforge.protection import event_bus
 from apiforge.server import Listener, serve
 from apiforge.serving import ConnectionLimits
 from apiforge.tls import TlsSettings, ensure_dev_certificates, load_report

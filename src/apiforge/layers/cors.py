@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator, model_validator
 
+from apiforge.core.client import DNS_NAME
 from apiforge.core.context import RequestContext
 from apiforge.core.pipeline import RequestHook, ResponseHook, Scope
 from apiforge.core.routing import Respond, RoutePlan, RouteTable
@@ -51,8 +52,6 @@ __all__ = ["CorsLayer", "CorsSettings"]
 
 Header = tuple[bytes, bytes]
 
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 # What a pattern's `*` may stand for in a request's Origin: one or more DNS labels, nothing
 # else, so `https://evil.com/.example.com` or `https://a@b.example.com` never match.
 _LABELS = re.compile(rb"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\Z")
@@ -105,7 +104,7 @@ def _normalize_origin(entry: str) -> str:
                 f"allow_origins: {entry!r}: '*' may only be the whole leftmost label, as in"
                 " 'https://*.example.com', or the whole entry '*'"
             )
-        if not _DNS_NAME.match(bare):
+        if not DNS_NAME.match(bare):
             raise ValueError(f"allow_origins: {entry!r}: {host!r} is not a host name")
         if host.startswith("*.") and "." not in bare:
             raise ValueError(

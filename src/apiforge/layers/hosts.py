@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from pydantic import Field, field_validator
 
+from apiforge.core.client import DNS_NAME
 from apiforge.core.context import RequestContext
 from apiforge.core.pipeline import RequestHook, ResponseHook, Scope
 from apiforge.core.routing import RoutePlan
@@ -32,8 +33,6 @@ DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """Loopback names only: a service deployed without its real name in the policy refuses every
 outside request (fail closed, and loudly) instead of accepting any ``Host``."""
 
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 # A request's host name, once lower-cased: only DNS characters may precede an allowed suffix,
 # so `evil.com/x.example.com` or `a@b.example.com` never match `*.example.com`.
 _REQUEST_NAME = re.compile(rb"[a-z0-9-]+(?:\.[a-z0-9-]+)*\Z")
@@ -79,7 +78,7 @@ def _normalize_entry(entry: str) -> str:
                 f"allowed_hosts: {entry!r}: '*' may only be the whole leftmost label, as in"
                 " '*.example.com', or the whole entry '*'"
             )
-        if not _DNS_NAME.match(bare):
+        if not DNS_NAME.match(bare):
             raise ValueError(
                 f"allowed_hosts: {entry!r} is not a host name (letters, digits, '-' and '.';"
                 " no scheme, path or user info)"

@@ -25,16 +25,15 @@ plain HTTP, where an attacker could inject or strip it. Every response carries t
 from __future__ import annotations
 
 import ipaddress
-import itertools
-import os
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
-from apiforge.core.client import normalize_address
+from apiforge.core.client import DNS_NAME, normalize_address
 from apiforge.core.context import RequestContext
 from apiforge.core.problem import DEFAULT_TYPE_BASE, send_problem
+from apiforge.core.request_id import RequestIds
 from apiforge.errors import ApiError, BadRequest, ConfigurationError, Forbidden
 from apiforge.events import EventBus, make_event
 
@@ -45,9 +44,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 # The raw path as sent: visible ASCII only, starting with `/`, no backslash (browsers read `\`
 # as `/` in http(s) URLs, so `/\evil.com` could turn into a redirect to another host).
 _RAW_PATH = re.compile(rb"/[\x21-\x5b\x5d-\x7e]*\Z")
@@ -100,8 +96,7 @@ class PlainHttpApp:
         self._type_base = type_base
         authority = host if https_port == 443 else f"{host}:{https_port}"
         self._target = f"https://{authority}".encode("ascii")
-        self._prefix = os.urandom(5).hex()
-        self._counter = itertools.count(1)
+        self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -115,11 +110,7 @@ class PlainHttpApp:
             return
 
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        supplied = headers.get(b"x-request-id")
-        if supplied is not None and _REQUEST_ID.match(supplied):
-            request_id = supplied.decode("ascii")
-        else:
-            request_id = f"{self._prefix}{next(self._counter):08x}"
+        request_id = self._ids.for_request(headers)
         method: str = scope["method"]
         head = method == "HEAD"
         sent = [name for name in _CREDENTIALS if name in headers]
@@ -200,7 +191,7 @@ def _valid_host(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return _DNS_NAME.match(host) is not None
+        return DNS_NAME.match(host) is not None
     return True
 
 

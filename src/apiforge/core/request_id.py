@@ -1,0 +1,28 @@
+"""Request ids: the client's own when well-formed, else a cheap unique one of ours."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Mapping
+
+__all__ = ["RequestIds"]
+
+# 1-64 characters that are safe in a header, a log line and a JSON string as they are.
+_SUPPLIED = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
+
+
+class RequestIds:
+    """Ids for one process: a random prefix and a counter (no syscall per request)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(5).hex()
+        self._counter = itertools.count(0x10000000)
+
+    def for_request(self, headers: Mapping[bytes, bytes]) -> str:
+        """The request's ``X-Request-ID`` if it is 1-64 of ``[A-Za-z0-9._-]``, else a new id."""
+        supplied = headers.get(b"x-request-id")
+        if supplied is not None and _SUPPLIED.match(supplied):
+            return supplied.decode("ascii")
+        return self._prefix + format(next(self._counter), "x")
