@@ -234,3 +234,17 @@ async def test_parameters(url: str, headers: dict[str, str], expected: Any) -> N
         assert r.status_code == 422
         assert errors(r) == expected
         assert "<x>" not in r.text and "ACME!" not in r.text
+
+
+async def test_normalized_text_is_what_the_app_reads() -> None:
+    async with client() as c:
+        r = await c.post("/raw", json={"a": "e\u0301"})
+    assert orjson.loads(r.json()["raw"]) == {"a": "\u00e9"}
+
+
+async def test_two_spellings_of_one_key_are_refused() -> None:
+    body = '{"caf\u00e9": 1, "cafe\u0301": 2}'.encode()
+    async with client() as c:
+        r = await c.post("/raw", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert errors(r) == [("", "A member is given twice.")]

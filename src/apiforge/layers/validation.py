@@ -60,6 +60,7 @@ _MAX_QUERY_FIELDS = 100
 _REQUIRED = "This field is required."
 _NOT_ALLOWED = "This field is not allowed."
 _CONTROL_MESSAGE = "Must not contain control characters."
+_TWICE = "A member is given twice."
 _INVALID = "Invalid value."
 _PYDANTIC_MESSAGES: dict[str, str] = {
     "missing": _REQUIRED,
@@ -135,6 +136,11 @@ def sanitize_text(value: object, path: str = "") -> tuple[object, list[FieldErro
                 if _CONTROL.search(name):
                     errors.append(FieldError(where, _CONTROL_MESSAGE))
                     continue
+                if name in out:
+                    # Two spellings of one key (NFD and NFC): readers would disagree on which
+                    # value it has, as with a plain duplicate key.
+                    errors.append(FieldError(where, _TWICE))
+                    continue
                 out[name] = walk(member, f"{where}.{name}" if where else name)
             return out
         if isinstance(item, list):
@@ -189,10 +195,12 @@ class _BodyValidator:
         content_type = ctx.headers.get(b"content-type")
         if content_type is None or not _JSON_TYPE.match(content_type):
             raise UnsupportedMediaType(reason="not_json")
-        value = parse_json(body, self.limits)
-        value, errors = sanitize_text(value)
+        parsed = parse_json(body, self.limits)
+        value, errors = sanitize_text(parsed)
         if errors:
-            raise ValidationFailed(errors, reason="control_characters")
+            raise ValidationFailed(errors, reason="unsafe_text")
+        # Normalization changed the text: the app must read what was validated.
+        changed = not body.isascii() and value != parsed
         if self.refuse_unknown and self.known is not None and isinstance(value, dict):
             unknown = [name for name in value if name not in self.known]
             if unknown:
@@ -215,7 +223,6 @@ class _BodyValidator:
             failures = [_schema_error(e) for e in self.schema.iter_errors(value)]
             if failures:
                 raise ValidationFailed([f for group in failures for f in group], reason="schema")
-        changed = False
         if self.sanitizers and isinstance(value, dict):
             for name, clean in self.sanitizers:
                 text = value.get(name)
