@@ -15,6 +15,7 @@ from apiforge.layers.authn import ApiKeyLayer
 from apiforge.layers.cors import CorsLayer
 from apiforge.layers.headers import SecurityHeadersLayer
 from apiforge.layers.hosts import HostLayer
+from apiforge.layers.ratelimit import RateLimitLayer
 from apiforge.layers.validation import BusinessCheck, ValidationLayer
 from apiforge.policy import Policy, load_policy
 
@@ -40,14 +41,18 @@ def standard_layers(
 
     Host allowlist first (nothing is answered for a host we do not serve), then CORS preflights
     (answered before authentication, as browsers send them without credentials), then
-    authentication, the security headers on every response, and body validation last, after
-    every check of who is calling (the body of a refused caller is never read).
+    authentication, rate limits (after it, so per-key and per-user limits are decided with the
+    per-address ones in one charge), the security headers on every response, and body
+    validation last, after every check of who is calling (the body of a refused caller is
+    never read).
     """
     overrides = {key: route.headers for key, route in policy.routes.items() if route.headers}
     return [
         HostLayer(policy.hosts),
         CorsLayer(policy.cors, events),
         ApiKeyLayer(policy, identity, events),
+        RateLimitLayer(policy.rate_limits,
+                       {key: route.rate_limits for key, route in policy.routes.items()}, events),
         SecurityHeadersLayer(policy.security_headers, overrides),
         ValidationLayer(policy, models=models, checks=checks),
     ]

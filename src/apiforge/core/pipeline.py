@@ -254,14 +254,26 @@ class Pipeline:
             self._deadlines.release(watched)
 
     def _lifespan_send(self, send: Send) -> Send:
-        """Flush and close our own event writer when the server shuts down."""
+        """Close the layers' connections and our own event writer when the server shuts down."""
 
         async def lifespan_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete" and self.owns_events:
-                self.events.close()
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.aclose()
             await send(message)
 
         return lifespan_send
+
+    async def aclose(self) -> None:
+        """Close what the layers hold open (store connections) and our own event writer."""
+        for layer in self.layers:
+            closer = getattr(layer, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:  # one layer failing to close must not keep others open
+                    logger.exception("closing layer %s failed", layer.name)
+        if self.owns_events:
+            self.events.close()
 
     async def _prepare_body(
         self, ctx: RequestContext, plan: RoutePlan, receive: Receive, response: _Response,

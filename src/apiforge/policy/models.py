@@ -12,11 +12,13 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 
+from apiforge.identity.token_settings import RouteTokenSettings, TokenSettings
 from apiforge.layers.cors import CorsSettings
 from apiforge.layers.headers import RouteHeadersSettings, SecurityHeadersSettings
 from apiforge.layers.hosts import HostSettings
 from apiforge.policy.base import PolicyModel
 from apiforge.policy.routes import HTTP_METHODS, parse_route_key
+from apiforge.ratelimit.settings import RateLimitSettings, RouteRateLimits
 
 __all__ = [
     "HTTP_METHODS",
@@ -155,8 +157,11 @@ class AuthenticationSettings(PolicyModel):
     """A file holding the pepper(s) instead of the environment variable (keep it 0600).
     `{data_dir}` is replaced by the demo's data directory."""
 
-    default: Literal["api_key", "none"] = "none"
+    default: Literal["api_key", "jwt", "both", "none"] = "none"
     """The requirement of routes that do not name one in their `auth` key."""
+
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
+    """Bearer tokens: see `TokenSettings` below."""
 
 
 class FieldSanitizer(PolicyModel):
@@ -235,9 +240,17 @@ class RouteSettings(PolicyModel):
     headers: RouteHeadersSettings | None = None
     """Overrides of the top-level `security_headers` for this route's responses."""
 
-    auth: Literal["api_key", "none"] | None = None
-    """What a caller must present: `api_key` (in `X-API-Key`, or `Authorization: ApiKey …`)
-    or `none`. Unset: `authentication.default`. Every refusal is the same 401."""
+    auth: Literal["api_key", "jwt", "both", "none"] | None = None
+    """What a caller must present: `api_key` (in `X-API-Key`, or `Authorization: ApiKey …`:
+    identifies the application), `jwt` (`Authorization: Bearer …`: identifies the user),
+    `both` (the key in `X-API-Key` and the bearer token), or `none`. Unset:
+    `authentication.default`. Every refusal is the same 401."""
+
+    token: RouteTokenSettings | None = None
+    """What this route requires of a bearer token (audience, scopes)."""
+
+    rate_limits: RouteRateLimits | None = None
+    """This route's rate limits; unset: `rate_limits.default`."""
 
 
 class EventsSettings(PolicyModel):
@@ -301,6 +314,9 @@ class Policy(PolicyModel):
     problem_type_base: str = "https://apiforge.dev/docs/errors.md"
     """Base of the `type` link of problem responses; `#<code>` is appended."""
 
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    """Rate limits: see `RateLimitSettings` below."""
+
     events: EventsSettings = Field(default_factory=EventsSettings)
     """Security events: see the keys below."""
 
@@ -310,6 +326,19 @@ class Policy(PolicyModel):
         for key in routes:
             parse_route_key(key)
         return routes
+
+    @model_validator(mode="after")
+    def _check_route_limits(self) -> Policy:
+        known = self.rate_limits.limits
+        for key, route in self.routes.items():
+            named = route.rate_limits.limits if route.rate_limits is not None else None
+            unknown = [name for name in named or () if name not in known]
+            if unknown:
+                raise ValueError(
+                    f"routes.{key}.rate_limits.limits names unknown limits {unknown}:"
+                    " declare them under rate_limits.limits"
+                )
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod
