@@ -11,7 +11,9 @@ from pydantic import BaseModel
 from apiforge.core.pipeline import ASGIApp, Layer, Pipeline, event_bus
 from apiforge.events import EventBus
 from apiforge.identity.runtime import IdentityRuntime
+from apiforge.layers.auth_failures import AuthFailureGuard
 from apiforge.layers.authn import ApiKeyLayer
+from apiforge.layers.bearer import BearerLayer
 from apiforge.layers.cors import CorsLayer
 from apiforge.layers.headers import SecurityHeadersLayer
 from apiforge.layers.hosts import HostLayer
@@ -41,16 +43,19 @@ def standard_layers(
 
     Host allowlist first (nothing is answered for a host we do not serve), then CORS preflights
     (answered before authentication, as browsers send them without credentials), then
-    authentication, rate limits (after it, so per-key and per-user limits are decided with the
-    per-address ones in one charge), the security headers on every response, and body
-    validation last, after every check of who is calling (the body of a refused caller is
-    never read).
+    authentication (the API key, then the bearer token: the cheap check first), rate limits
+    (after it, so per-key and per-user limits are decided with the per-address ones in one
+    charge), the security headers on every response, and body validation last, after every
+    check of who is calling (the body of a refused caller is never read).
     """
     overrides = {key: route.headers for key, route in policy.routes.items() if route.headers}
+    failures = policy.authentication.failures
+    guard = AuthFailureGuard(failures.rate, failures.period, failures.burst)
     return [
         HostLayer(policy.hosts),
         CorsLayer(policy.cors, events),
-        ApiKeyLayer(policy, identity, events),
+        ApiKeyLayer(policy, identity, events, guard),
+        BearerLayer(policy, identity, events, guard),
         RateLimitLayer(policy.rate_limits,
                        {key: route.rate_limits for key, route in policy.routes.items()}, events),
         SecurityHeadersLayer(policy.security_headers, overrides),

@@ -21,9 +21,11 @@ from apiforge.identity import (
     AccountService,
     ApiKeyService,
     Application,
+    CachedService,
     CacheRefresher,
     KeyHasher,
 )
+from apiforge.identity.token_runtime import TokenRuntime
 from apiforge.policy.models import AuthenticationSettings
 from apiforge.secrets import Secret
 from apiforge.stores import IdentityStores, open_identity_stores
@@ -146,8 +148,13 @@ class IdentityRuntime:
         self.keys = ApiKeyService(self.stores.api_keys, self.stores.state, self.hasher)
         self.accounts = AccountService(self.stores.accounts, self.stores.state)
         self.applications = ApplicationCache(self.stores.applications)
-        self.refresher = CacheRefresher(self.stores.state,
-                                        [self.keys, self.accounts, self.applications])
+        tokens = settings.tokens
+        self.tokens = (TokenRuntime(tokens) if tokens.issuers or tokens.provider is not None
+                       else None)
+        cached: list[CachedService] = [self.keys, self.accounts, self.applications]
+        if self.tokens is not None:
+            cached.append(self.tokens.revoked)
+        self.refresher = CacheRefresher(self.stores.state, cached)
         self.ready = False
         self._starting: asyncio.Lock | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -165,6 +172,8 @@ class IdentityRuntime:
         async with self._starting:
             if not self.ready:
                 await self.refresher.start()
+                if self.tokens is not None:
+                    self.tokens.start()
                 if self._poll_records:
                     self._reloader = asyncio.create_task(self._reload_records())
                 self.ready = True
@@ -178,6 +187,8 @@ class IdentityRuntime:
         if self.ready:
             await self.refresher.stop()
             self.ready = False
+        if self.tokens is not None:
+            await self.tokens.aclose()
         await self.stores.aclose()
 
     async def _reload_records(self) -> None:

@@ -148,6 +148,8 @@ class TrustedIssuer:
         leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat`` (at most 60:
             every second of leeway is a second a stolen expired token still works).
         max_token_bytes: the largest token accepted (at most 16 KiB).
+        key_set: keys given directly (the built-in provider's keyring); replaced at run time
+            with :meth:`TokenVerifier.replace_keys` when the keyring rotates.
 
     Raises:
         ConfigurationError: any rule above is broken; the message names the field and the fix.
@@ -164,6 +166,7 @@ class TrustedIssuer:
     key_id: str | None = None
     leeway: float = 30.0
     max_token_bytes: int = MAX_TOKEN_BYTES
+    key_set: KeySet | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         where = f"trusted issuer {self.issuer!r}"
@@ -187,7 +190,8 @@ class TrustedIssuer:
                     f"{where}: algorithm {alg!r} is not supported; use one of "
                     f"{', '.join(sorted(SUPPORTED_ALGORITHMS))}"
                 )
-        sources = [s for s in (self.pem_file, self.jwks_file, self.jwks_url, self.hmac_secret) if s]
+        sources = [s for s in (self.pem_file, self.jwks_file, self.jwks_url, self.hmac_secret,
+                               self.key_set) if s is not None and s != ""]
         if len(sources) != 1:
             raise ConfigurationError(
                 f"{where}: give exactly one of pem_file, jwks_file, jwks_url, hmac_secret"
@@ -222,7 +226,9 @@ class TrustedIssuer:
         """
         where = f"trusted issuer {self.issuer!r}"
         try:
-            if self.hmac_secret is not None:
+            if self.key_set is not None:
+                keys = self.key_set
+            elif self.hmac_secret is not None:
                 keys = KeySet([hmac_key(self.hmac_secret, kid=self.key_id)])
             elif self.pem_file is not None:
                 pem = Path(self.pem_file).read_bytes()
@@ -423,6 +429,30 @@ class TokenVerifier:
         else:
             keys = self._static_candidates(checked)
         return self._finish(checked, keys, now)
+
+    def replace_keys(self, issuer: str, keys: KeySet) -> None:
+        """Swap the static keys of ``issuer`` (its keyring rotated).
+
+        Tokens verified under a key that is gone must not be served from the cache any more,
+        so the cache is flushed whenever a key disappears.
+
+        Raises:
+            ConfigurationError: ``issuer`` is not trusted or has no static keys, or a new key
+                is for an algorithm the issuer does not accept.
+        """
+        known = self._issuers.get(issuer)
+        if known is None or known.static is None:
+            raise ConfigurationError(f"trusted issuer {issuer!r} has no static keys to replace")
+        unusable = [k.alg for k in keys if k.alg not in known.config.algorithms]
+        if unusable:
+            raise ConfigurationError(
+                f"trusted issuer {issuer!r}: a key is for {unusable[0]}, not an accepted algorithm"
+            )
+        kept = {k.thumbprint for k in keys}
+        removed = any(k.thumbprint not in kept for k in known.static)
+        self._issuers[issuer] = _Issuer(known.config, known.audiences, keys, known.jwks)
+        if removed and self._cache is not None:
+            self._cache.flush()
 
     def verify_sync(
         self, token: str, *, now: float | None = None, audience: str | None = None

@@ -22,6 +22,7 @@ from apiforge.errors import BadRequest, ConfigurationError, Unauthorized
 from apiforge.events import EventBus, make_event
 from apiforge.identity import AccountRefused, ApiKeyRecord, InvalidApiKey
 from apiforge.identity.runtime import IdentityRuntime
+from apiforge.layers.auth_failures import AuthFailureGuard
 from apiforge.policy.models import Policy
 
 __all__ = ["ApiKeyLayer"]
@@ -34,20 +35,26 @@ _KEY_IN_QUERY = re.compile(rb"(?:^|&)(?:api[_-]?key|x-api-key)=|afk_", re.IGNORE
 
 
 class ApiKeyLayer:
-    """Requires a valid API key on the routes whose ``auth`` is ``api_key``.
+    """Requires a valid API key on the routes whose ``auth`` is ``api_key`` or ``both``.
 
     Args:
         policy: the policy (``authentication`` and each route's ``auth``).
         runtime: the process's identity services; ``None`` when no route needs them.
         events: where ``authn_login_fail`` events go.
+        guard: the per-address budget of failed authentications (shared with the bearer
+            layer); by default one built from ``authentication.failures``.
     """
 
     name = "authn"
 
-    def __init__(self, policy: Policy, runtime: IdentityRuntime | None, events: EventBus) -> None:
+    def __init__(self, policy: Policy, runtime: IdentityRuntime | None, events: EventBus,
+                 guard: AuthFailureGuard | None = None) -> None:
         self.policy = policy
         self.runtime = runtime
         self.events = events
+        failures = policy.authentication.failures
+        self.guard = guard if guard is not None else AuthFailureGuard(
+            failures.rate, failures.period, failures.burst)
         # One immutable Principal per key record, rebuilt when the record changes.
         self._principals: dict[str, tuple[ApiKeyRecord, Principal]] = {}
 
@@ -59,7 +66,7 @@ class ApiKeyLayer:
 
     def attach(self, plan: RoutePlan) -> None:
         requirement = plan.settings.auth or self.policy.authentication.default
-        if requirement == "none":
+        if requirement not in ("api_key", "both"):
             return
         if self.runtime is None:
             raise ConfigurationError(
@@ -87,6 +94,7 @@ class ApiKeyLayer:
         return self.runtime
 
     def _verify(self, runtime: IdentityRuntime, ctx: RequestContext, scope: Any) -> None:
+        self.guard.check(ctx.client)
         headers = ctx.headers
         header_key = headers.get(b"x-api-key")
         authorization = headers.get(b"authorization")
@@ -102,7 +110,7 @@ class ApiKeyLayer:
                              "Send the API key in one header only.", reason="two_keys")
         presented = header_key if header_key is not None else scheme_key
         if not presented:
-            self._fail(ctx, "missing_key")
+            self._fail(ctx, "missing_key", charge=False)
         try:
             record = runtime.keys.verify(presented.decode("latin-1"))
         except InvalidApiKey as refused:
@@ -128,7 +136,9 @@ class ApiKeyLayer:
         ctx.principal = known[1]
 
     def _fail(self, ctx: RequestContext, reason: str, *, key_id: str | None = None,
-              exposed: bool = False) -> NoReturn:
+              exposed: bool = False, charge: bool = True) -> NoReturn:
+        if charge:  # a missing key costs us nothing to refuse
+            self.guard.failed(ctx.client)
         # The key's public id only, never its secret.
         self.events.emit(make_event("authn_login_fail", ctx=ctx, reason=reason, key_id=key_id,
                                     key_exposed=exposed))

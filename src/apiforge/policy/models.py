@@ -22,6 +22,7 @@ from apiforge.ratelimit.settings import RateLimitSettings, RouteRateLimits
 
 __all__ = [
     "HTTP_METHODS",
+    "AuthFailureSettings",
     "AuthenticationSettings",
     "BodySettings",
     "EventsSettings",
@@ -132,6 +133,21 @@ class TlsPolicySettings(PolicyModel):
     certificate must cover it."""
 
 
+class AuthFailureSettings(PolicyModel):
+    """The budget of failed authentications per client address, checked before any key or
+    token is verified (per process: it guards this process's CPU, with no store round trip)."""
+
+    rate: Annotated[int, Field(ge=1)] = 30
+    """Failures allowed per `period` in the long run."""
+
+    period: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    """Seconds."""
+
+    burst: Annotated[int, Field(ge=1)] = 30
+    """Failures allowed at once from idle; past the budget the address gets 429 with
+    `Retry-After` before its credentials are even decoded."""
+
+
 class AuthenticationSettings(PolicyModel):
     """Who is calling: API keys (the application) and, later, tokens (the user)."""
 
@@ -162,6 +178,9 @@ class AuthenticationSettings(PolicyModel):
 
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     """Bearer tokens: see `TokenSettings` below."""
+
+    failures: AuthFailureSettings = Field(default_factory=AuthFailureSettings)
+    """Failed authentications per client address: see `AuthFailureSettings` below."""
 
 
 class FieldSanitizer(PolicyModel):
