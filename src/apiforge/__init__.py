@@ -12,6 +12,7 @@ from apiforge.errors import (
     StoreError,
     ValidationFailed,
 )
+from apiforge.identity.token_runtime import verify_token
 from apiforge.policy import Policy, load_policy
 from apiforge.protection import protect
 
@@ -31,4 +32,5 @@ __all__ = [
     "get_context",
     "load_policy",
     "protect",
+    "verify_token",
 ]

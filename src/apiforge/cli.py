@@ -11,6 +11,7 @@ from rich.console import Console
 from apiforge.errors import ConfigurationError
 from apiforge.keys_cli import accounts, keys
 from apiforge.policy import DEFAULT_POLICY_PATH, load_policy
+from apiforge.tokens_cli import token
 
 __all__ = ["app", "main"]
 
@@ -49,6 +50,7 @@ certs = typer.Typer(help="Certificates for HTTPS.", no_args_is_help=True)
 app.add_typer(certs, name="certs")
 app.add_typer(keys, name="keys")
 app.add_typer(accounts, name="accounts")
+app.add_typer(token, name="token")
 
 
 @certs.command("dev")

@@ -20,16 +20,18 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from apiforge.errors import ConfigurationError
 from apiforge.identity.jwks import JwksClient, KeySet
 from apiforge.identity.token_cache import VerifiedTokenCache
-from apiforge.identity.token_settings import IssuerSettings, TokenSettings
 from apiforge.identity.tokens import MAX_LEEWAY, TokenVerifier, TrustedIssuer
 from apiforge.integrations.http_client import HttpClientFactory
 from apiforge.secrets import Secret
+
+if TYPE_CHECKING:  # the policy package imports this package's settings: no cycle at run time
+    from apiforge.identity.token_settings import IssuerSettings, TokenSettings
 
 __all__ = ["REVOKED_TOKEN_TOPIC", "RevokedTokens", "TokenRuntime"]
 
@@ -175,3 +177,38 @@ class TokenRuntime:
             self._poller = None
         for client in self.jwks:
             await client.aclose()
+
+
+def verify_token(
+    token: str, *, now: float | None = None, policy: Any = None
+) -> dict[str, Any]:
+    """Verify one token against the policy's trusted issuers; the claims if it passes.
+
+    Args:
+        token: the compact JWS.
+        now: the time to verify at (seconds since the epoch); the current time by default.
+        policy: a :class:`~apiforge.policy.Policy`, a mapping or a path (default
+            ``./apiforge.yaml``).
+
+    Raises:
+        InvalidToken: the token is refused; ``reason`` says why.
+        JwksUnavailable: an issuer's keys cannot be had.
+        ConfigurationError: the policy trusts no issuer.
+    """
+    from apiforge.policy import load_policy
+
+    settings = load_policy(policy).authentication.tokens
+    if not settings.issuers and settings.provider is None:
+        raise ConfigurationError(
+            "authentication.tokens trusts no issuer: add authentication.tokens.issuers"
+        )
+    runtime = TokenRuntime(settings)
+
+    async def run() -> dict[str, Any]:
+        try:
+            verified = await runtime.verifier.verify(token, now=now)
+            return dict(verified.claims)
+        finally:
+            await runtime.aclose()
+
+    return asyncio.run(run())
