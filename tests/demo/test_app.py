@@ -494,7 +494,7 @@ class WithContext:
 
 @pytest.fixture
 def as_bob(app: Starlette) -> Iterator[DemoClient]:
-    demo = DemoClient(WithContext(app, Principal(application="web", user="bob"), "req-bob-1"))
+    demo = DemoClient(WithContext(app, Principal(application="web", user="acc_bob", username="bob"), "req-bob-1"))
     yield demo
     demo.close()
 
@@ -525,7 +525,7 @@ def test_without_a_user_the_caller_is_alice(app: Starlette, principal: Principal
 
 
 def test_an_unknown_user_has_no_profile(app: Starlette) -> None:
-    demo = DemoClient(WithContext(app, Principal(user="mallory"), "req-3"))
+    demo = DemoClient(WithContext(app, Principal(user="acc_mallory", username="mallory"), "req-3"))
     try:
         assert demo.get("/v1/users/me").json()["code"] == "not_found"
         assert put_me(demo, {"email": "m@example.com"}).json()["code"] == "not_found"

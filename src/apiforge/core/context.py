@@ -24,8 +24,11 @@ class Principal:
 
     application: str | None = None
     user: str | None = None
+    """The user's stable account id (a token's ``sub``)."""
     roles: frozenset[str] = frozenset()
     scopes: frozenset[str] = frozenset()
+    username: str | None = None
+    """The user's login name, for apps that key their data by name."""
 
 
 @dataclass(slots=True)

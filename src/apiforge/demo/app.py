@@ -96,8 +96,8 @@ def _request_id(request: Request) -> str:
 
 def _caller(request: Request) -> str:
     ctx = get_context(request.scope)
-    if ctx is not None and ctx.principal is not None and ctx.principal.user:
-        return ctx.principal.user
+    if ctx is not None and ctx.principal is not None and ctx.principal.username:
+        return ctx.principal.username
     return DEFAULT_USERNAME
 
 
@@ -199,7 +199,7 @@ def create_app(data_dir: Path) -> Starlette:
     accounts: ``alice`` and ``bob`` (role ``user``), ``sam`` (``support``), ``ada`` (``admin``).
 
     The caller of a request is the user the pipeline authenticated
-    (``RequestContext.principal.user``). Until an authentication layer runs in front of the
+    (``RequestContext.principal.username``). Until an authentication layer runs in front of the
     app, there is no such user and every request acts as ``alice``: the bare app is the
     unprotected baseline, not a service to expose.
 

@@ -151,7 +151,8 @@ class BearerLayer:
             client = claimed if isinstance(claimed, str) else None
         principal = Principal(
             application=client,
-            user=account.account_id, roles=account.roles, scopes=verified.scopes)
+            user=account.account_id, roles=account.roles, scopes=verified.scopes,
+            username=account.username)
         if len(self._principals) >= _PRINCIPALS_KEPT:
             self._principals.clear()
         self._principals[verified.digest] = (account, application, principal)
