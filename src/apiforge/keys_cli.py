@@ -1,7 +1,9 @@
 """``apiforge keys`` and ``apiforge accounts``: API keys and account status from the shell.
 
 Changes are written to the record store and published on the state store's change feed, so
-running servers sharing the stores pick them up within a second.
+running servers sharing the stores pick them up within a second. ``keys rotate-signing``
+rotates the token issuer's signing keyring file, which running servers re-read on their next
+signature.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from rich.table import Table
 from apiforge.errors import ApiForgeError, ConfigurationError
 from apiforge.identity import ADMIN_ROLE, Account, AccountStatus, Application
 from apiforge.identity.runtime import APPLICATION_TOPIC, IdentityRuntime, new_pepper
+from apiforge.identity.signing import DEFAULT_KEEP_FOR, SigningKeyring
 from apiforge.policy import DEFAULT_POLICY_PATH, Policy, load_policy
 
 __all__ = ["accounts", "keys"]
 
-keys = typer.Typer(help="API keys: create, list, rotate, revoke.", no_args_is_help=True)
+keys = typer.Typer(help="API keys: create, list, rotate, revoke; the token signing keyring.",
+                   no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -180,6 +184,47 @@ def pepper(
         raise typer.Exit(1)
     ensure_pepper_file(path)
     out.print(f"wrote {path} (mode 0600)", markup=False, highlight=False)
+
+
+@keys.command("rotate-signing")
+def rotate_signing(
+    keyring: Annotated[
+        Path,
+        typer.Option("--keyring", help="The token issuer's signing keyring (JSON, mode 0600).",
+                     dir_okay=False),
+    ],
+    keep_for: Annotated[
+        float,
+        typer.Option("--keep-for", min=1, help="Seconds a retired key stays published: at"
+                     " least the access-token lifetime plus the verifiers' leeway."),
+    ] = DEFAULT_KEEP_FOR,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the keyring if the file does not exist.")
+    ] = False,
+) -> None:
+    """Retire the current signing key and add a new one; print the kids still published."""
+    try:
+        if create and not keyring.exists():
+            ring = SigningKeyring.load_or_create(keyring, keep_for=keep_for)
+            out.print(f"created {keyring} with signing key {ring.current.kid}", markup=False,
+                      highlight=False)
+            return
+        ring = SigningKeyring.rotate(keyring, keep_for=keep_for)
+    except FileNotFoundError:
+        err.print(f"error: no keyring at {keyring}; pass --create to make one", markup=False,
+                  highlight=False)
+        raise typer.Exit(1) from None
+    except ApiForgeError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"new signing key: {ring.current.kid}", markup=False, highlight=False)
+    retired = ring.keys[1:]
+    if not retired:
+        out.print("no older key remains published", markup=False, highlight=False)
+    for key in retired:
+        until = datetime.fromtimestamp((key.retired or 0) + keep_for, UTC)
+        out.print(f"still published: {key.kid} (until {_when(until)} UTC)", markup=False,
+                  highlight=False)
 
 
 accounts = typer.Typer(help="Accounts: create, list, suspend, activate.",

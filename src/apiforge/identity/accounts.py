@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from apiforge.errors import ApiForgeError
+from apiforge.identity.totp import check_totp_secret
 
 if TYPE_CHECKING:
     from apiforge.stores.protocols import AccountStore, StateStore
@@ -69,6 +70,8 @@ class Account:
         status: only ``active`` accounts may act.
         version: bumped (in the shared state store) on every status change.
         password_hash: an argon2 hash when the account logs in with a password; not in ``repr``.
+        totp_secret: the base32 TOTP shared secret when the account has a second factor; not in
+            ``repr``. While it is set, a password grant needs a current code too.
     """
 
     account_id: str
@@ -77,6 +80,12 @@ class Account:
     status: AccountStatus = "active"
     version: int = 0
     password_hash: str | None = field(default=None, repr=False)
+    totp_secret: str | None = field(default=None, repr=False)
+
+    @property
+    def totp_required(self) -> bool:
+        """Whether a password grant for this account must carry a TOTP code."""
+        return self.totp_secret is not None
 
 
 class AccountService:
@@ -94,12 +103,30 @@ class AccountService:
         self._state = state
         self._cache: dict[str, Account] = {}
         self._shared: dict[str, int] = {}
+        self._by_username: dict[str, str] = {}
 
     # -- the request path: no I/O ------------------------------------------------------------
 
     def get(self, account_id: str) -> Account | None:
         """The cached account, or ``None`` when this process does not know it."""
         return self._cache.get(account_id)
+
+    def find(self, username: str) -> Account | None:
+        """The cached account named ``username``, or ``None``."""
+        account_id = self._by_username.get(username)
+        return None if account_id is None else self._cache.get(account_id)
+
+    def _remember(self, account: Account) -> None:
+        previous = self._cache.get(account.account_id)
+        if previous is not None and previous.username != account.username:
+            self._by_username.pop(previous.username, None)
+        self._cache[account.account_id] = account
+        self._by_username[account.username] = account.account_id
+
+    def _forget(self, account_id: str) -> None:
+        previous = self._cache.pop(account_id, None)
+        if previous is not None and self._by_username.get(previous.username) == account_id:
+            del self._by_username[previous.username]
 
     def check(self, account: Account) -> None:
         """Refuse an account that may not act.
@@ -121,6 +148,7 @@ class AccountService:
         accounts = await asyncio.to_thread(self._store.list_accounts)
         versions = await self._state.get_versions([a.account_id for a in accounts])
         self._cache = {a.account_id: a for a in accounts}
+        self._by_username = {a.username: a.account_id for a in accounts}
         self._shared = versions
         return len(accounts)
 
@@ -132,9 +160,9 @@ class AccountService:
         records = await asyncio.to_thread(lambda: {i: self._store.get_account(i) for i in wanted})
         for account_id, account in records.items():
             if account is None:
-                self._cache.pop(account_id, None)
+                self._forget(account_id)
             else:
-                self._cache[account_id] = account
+                self._remember(account)
 
     # -- management --------------------------------------------------------------------------
 
@@ -152,7 +180,7 @@ class AccountService:
             password_hash=password_hash,
         )
         self._store.add_account(account)
-        self._cache[account.account_id] = account
+        self._remember(account)
         await self._state.publish_change(self.topic, account.account_id)
         return account
 
@@ -180,15 +208,79 @@ class AccountService:
             self.check(actor)
             if ADMIN_ROLE not in actor.roles:
                 raise AccountRefused("not_admin")
+        return await self._change(account_id, status=status)
+
+    async def set_password(self, account_id: str, password_hash: str) -> Account:
+        """Replace the account's password hash and make every process see it.
+
+        The version is bumped, so copies cached elsewhere (which still hold the old hash) are
+        refused as stale until they are re-read, and tokens and refresh families issued under
+        the old version can be told apart (:mod:`apiforge.identity.token_service`).
+
+        Args:
+            account_id: the account to change.
+            password_hash: the new argon2 hash (hash off the event loop first).
+
+        Raises:
+            LookupError: no such account.
+        """
+        return await self._change(account_id, password_hash=password_hash)
+
+    async def set_totp(self, account_id: str, secret: str | None) -> Account:
+        """Set (or, with ``None``, remove) the account's TOTP secret; bumps the version.
+
+        Confirm one code from the user's authenticator before calling this: a secret stored
+        but never set up in an app locks the user out.
+
+        Raises:
+            ValueError: the secret is not base32 or shorter than 128 bits.
+            LookupError: no such account.
+        """
+        if secret is not None:
+            check_totp_secret(secret)
+        return await self._change(account_id, totp_secret=secret)
+
+    async def upgrade_password_hash(self, account_id: str, old: str, new: str) -> bool:
+        """Replace ``old`` by ``new``, a re-hash of the same password (stronger parameters).
+
+        Compare-and-set in the store: a password changed meanwhile is never overwritten by the
+        re-hash of the old one. The version is not bumped (the password is the same, so
+        nothing issued under it becomes suspect); the change is announced for caches.
+
+        Returns:
+            Whether the hash was replaced.
+        """
+        if not self._store.replace_password_hash(account_id, old, new):
+            return False
+        current = self._cache.get(account_id)
+        if current is not None and current.password_hash == old:
+            self._remember(replace(current, password_hash=new))
+        await self._state.publish_change(self.topic, account_id)
+        return True
+
+    async def _change(
+        self,
+        account_id: str,
+        *,
+        status: AccountStatus | None = None,
+        password_hash: str | None = None,
+        totp_secret: str | Literal[False] | None = False,
+    ) -> Account:
         current = self._store.get_account(account_id)
         if current is None:
             raise LookupError("no such account")
         # Bump first: from this moment every process holding the old copy refuses it as stale,
         # even before the new record is written and announced (fail closed in the gap).
         version = await self._state.bump_version(account_id)
-        updated = replace(current, status=status, version=max(version, current.version + 1))
+        updated = replace(current, version=max(version, current.version + 1))
+        if status is not None:
+            updated = replace(updated, status=status)
+        if password_hash is not None:
+            updated = replace(updated, password_hash=password_hash)
+        if totp_secret is not False:
+            updated = replace(updated, totp_secret=totp_secret)
         self._store.update_account(updated)
-        self._cache[account_id] = updated
+        self._remember(updated)
         self._shared[account_id] = max(self._shared.get(account_id, 0), updated.version)
         await self._state.publish_change(self.topic, account_id)
         return updated

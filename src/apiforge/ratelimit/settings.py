@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from apiforge.policy.base import PolicyModel
 from apiforge.ratelimit.limits import Limit
 
-__all__ = ["LimitSpec", "OnStoreError", "RateLimitSettings", "RouteRateLimits"]
+__all__ = ["GuessingSettings", "LimitSpec", "OnStoreError", "RateLimitSettings", "RouteRateLimits"]
 
 OnStoreError = Literal["deny", "allow", "local"]
 
@@ -69,6 +69,28 @@ class RouteRateLimits(PolicyModel):
     `rate_limits.mode`."""
 
 
+class GuessingSettings(PolicyModel):
+    """Password-guessing back-off on the token route, per (login name, client address).
+
+    Unknown names are throttled exactly like known ones, and the key includes the address, so
+    nobody elsewhere can lock the owner out from the owner's own address."""
+
+    free: Annotated[int, Field(ge=0, le=100)] = 3
+    """Failed logins of one name from one address before any wait."""
+
+    base: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    """Seconds of the first wait; each further failure doubles it."""
+
+    ceiling: Annotated[float, Field(gt=0, le=86_400)] = 900.0
+    """The longest wait, in seconds. A success resets the pair."""
+
+    @model_validator(mode="after")
+    def _check_ceiling(self) -> GuessingSettings:
+        if self.ceiling < self.base:
+            raise ValueError("ceiling must be at least base")
+        return self
+
+
 class RateLimitSettings(PolicyModel):
     """Rate limits: named limits, which routes they apply to, and where counters live.
 
@@ -110,6 +132,9 @@ class RateLimitSettings(PolicyModel):
 
     default: list[str] = Field(default_factory=list)
     """Names of the limits that apply to every route without its own `rate_limits.limits`."""
+
+    guessing: GuessingSettings = Field(default_factory=GuessingSettings)
+    """The back-off of failed logins on the token route: see `GuessingSettings` below."""
 
     @field_validator("limits")
     @classmethod

@@ -6,13 +6,20 @@ Import the SQL and Redis backends from their modules (:mod:`apiforge.stores.sql`
 
 from __future__ import annotations
 
-from apiforge.stores.memory import MemoryRecordStore, MemoryStateStore
-from apiforge.stores.protocols import AccountStore, ApiKeyStore, ApplicationStore, StateStore
+from apiforge.stores.memory import MemoryRecordStore, MemoryRefreshStore, MemoryStateStore
+from apiforge.stores.protocols import (
+    AccountStore,
+    ApiKeyStore,
+    ApplicationStore,
+    RefreshStore,
+    StateStore,
+)
 from apiforge.stores.urls import (
     RECORD_SCHEMES,
     STATE_SCHEMES,
     IdentityStores,
     open_identity_stores,
+    open_refresh_store,
 )
 
 __all__ = [
@@ -23,7 +30,10 @@ __all__ = [
     "ApplicationStore",
     "IdentityStores",
     "MemoryRecordStore",
+    "MemoryRefreshStore",
     "MemoryStateStore",
+    "RefreshStore",
     "StateStore",
     "open_identity_stores",
+    "open_refresh_store",
 ]

@@ -7,6 +7,7 @@ server runs more than one worker.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -16,8 +17,9 @@ from datetime import datetime, timedelta
 from apiforge.errors import StoreError
 from apiforge.identity.accounts import Account
 from apiforge.identity.api_keys import ApiKeyRecord, Application
+from apiforge.identity.refresh import FamilyEnd, RefreshFamily, Rotation
 
-__all__ = ["MemoryRecordStore", "MemoryStateStore"]
+__all__ = ["MemoryRecordStore", "MemoryRefreshStore", "MemoryStateStore"]
 
 
 class MemoryRecordStore:
@@ -99,6 +101,13 @@ class MemoryRecordStore:
             raise LookupError("no such account")
         self._accounts[account.account_id] = account
 
+    def replace_password_hash(self, account_id: str, old: str, new: str) -> bool:
+        current = self._accounts.get(account_id)
+        if current is None or current.password_hash != old:
+            return False
+        self._accounts[account_id] = replace(current, password_hash=new)
+        return True
+
 
 class MemoryStateStore:
     """Revocations, version counters and a change feed for one process.
@@ -156,4 +165,96 @@ class MemoryStateStore:
         return str(self._sequence), found
 
     async def aclose(self) -> None:
+        return None
+
+
+class MemoryRefreshStore:
+    """Refresh-token families and TOTP steps in dicts, behind one lock.
+
+    The lock makes every operation atomic between the worker threads of one process; other
+    processes see nothing of it (``memory://`` is refused with several workers).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._families: dict[str, RefreshFamily] = {}
+        self._tokens: dict[bytes, tuple[str, bool]] = {}  # digest -> (family id, spent)
+        self._totp: dict[str, int] = {}
+
+    def add_family(self, family: RefreshFamily, digest: bytes) -> None:
+        with self._lock:
+            if family.family_id in self._families or digest in self._tokens:
+                raise StoreError("duplicate refresh family or token")
+            self._families[family.family_id] = family
+            self._tokens[digest] = (family.family_id, False)
+
+    def get_family(self, digest: bytes) -> RefreshFamily | None:
+        with self._lock:
+            found = self._tokens.get(digest)
+            return None if found is None else self._families.get(found[0])
+
+    def _revoke(self, family: RefreshFamily, now: datetime, reason: FamilyEnd) -> RefreshFamily:
+        if family.revoked_at is not None:
+            return family
+        revoked = replace(family, revoked_at=now, revoked_reason=reason)
+        self._families[family.family_id] = revoked
+        return revoked
+
+    def rotate(
+        self, digest: bytes, successor: bytes, *, now: datetime, idle_for: timedelta
+    ) -> Rotation:
+        with self._lock:
+            found = self._tokens.get(digest)
+            family = None if found is None else self._families.get(found[0])
+            if found is None or family is None:
+                return Rotation("unknown", None)
+            family_id, spent = found
+            self._tokens[digest] = (family_id, True)
+            if spent:
+                return Rotation("reused", self._revoke(family, now, "reuse"))
+            if family.revoked_at is not None:
+                return Rotation("revoked", family)
+            if now >= family.expires_at or now >= family.idle_expires_at:
+                return Rotation("expired", self._revoke(family, now, "expired"))
+            if successor in self._tokens:
+                raise StoreError("duplicate refresh token")
+            family = replace(family, idle_expires_at=min(now + idle_for, family.expires_at))
+            self._families[family_id] = family
+            self._tokens[successor] = (family_id, False)
+            return Rotation("rotated", family)
+
+    def revoke_family(self, family_id: str, *, now: datetime, reason: FamilyEnd) -> bool:
+        with self._lock:
+            family = self._families.get(family_id)
+            if family is None or family.revoked_at is not None:
+                return False
+            self._revoke(family, now, reason)
+            return True
+
+    def revoke_account(self, account_id: str, *, now: datetime, reason: FamilyEnd) -> int:
+        with self._lock:
+            live = [f for f in self._families.values()
+                    if f.account_id == account_id and f.revoked_at is None]
+            for family in live:
+                self._revoke(family, now, reason)
+            return len(live)
+
+    def claim_totp_step(self, account_id: str, step: int) -> bool:
+        with self._lock:
+            if step <= self._totp.get(account_id, -1):
+                return False
+            self._totp[account_id] = step
+            return True
+
+    def purge(self, *, now: datetime) -> int:
+        with self._lock:
+            gone = {i for i, f in self._families.items()
+                    if now >= f.expires_at or now >= f.idle_expires_at}
+            for family_id in gone:
+                del self._families[family_id]
+            for digest in [d for d, (i, _) in self._tokens.items() if i in gone]:
+                del self._tokens[digest]
+            return len(gone)
+
+    def close(self) -> None:
         return None

@@ -8,6 +8,10 @@ Two kinds of store, chosen separately by URL (see :func:`apiforge.stores.open_id
 - **the state store** (:class:`StateStore`): small shared state that must be the same for every
   process: revocations with a time to live, per-account version counters and a change feed.
   Memory (one process) or Redis. Async.
+- **the refresh store** (:class:`RefreshStore`): refresh-token families and the last TOTP step
+  of each account. SQLite, PostgreSQL or memory, opened by
+  :func:`apiforge.stores.open_refresh_store`. Blocking, called from a worker thread; its
+  single-use operations are atomic across processes.
 
 Every method raises :class:`~apiforge.errors.StoreError` when the backend fails. Every backend
 passes the same contract suite (``tests/contract``).
@@ -22,8 +26,9 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from apiforge.identity.accounts import Account
     from apiforge.identity.api_keys import ApiKeyRecord, Application
+    from apiforge.identity.refresh import FamilyEnd, RefreshFamily, Rotation
 
-__all__ = ["AccountStore", "ApiKeyStore", "ApplicationStore", "StateStore"]
+__all__ = ["AccountStore", "ApiKeyStore", "ApplicationStore", "RefreshStore", "StateStore"]
 
 
 class ApplicationStore(Protocol):
@@ -83,6 +88,9 @@ class AccountStore(Protocol):
     def update_account(self, account: Account) -> None:
         """Replace the stored row; a missing row raises ``LookupError``."""
 
+    def replace_password_hash(self, account_id: str, old: str, new: str) -> bool:
+        """Compare-and-set the password hash (re-hash on login); whether it was replaced."""
+
 
 class StateStore(Protocol):
     """Shared state: revocations, version counters and the change feed."""
@@ -112,4 +120,49 @@ class StateStore(Protocol):
         """Changes after ``cursor``, oldest first, and the cursor to pass next time."""
 
     async def aclose(self) -> None:
+        """Release connections."""
+
+
+class RefreshStore(Protocol):
+    """Refresh-token families (digests only, never tokens) and TOTP replay marks.
+
+    Times are timezone-aware UTC datetimes chosen by the caller (its clock), never the
+    database's.
+    """
+
+    def add_family(self, family: RefreshFamily, digest: bytes) -> None:
+        """Insert a family and its first token's digest, together."""
+
+    def get_family(self, digest: bytes) -> RefreshFamily | None:
+        """The family of the token with this digest (spent or not), or ``None``."""
+
+    def rotate(
+        self, digest: bytes, successor: bytes, *, now: datetime, idle_for: timedelta
+    ) -> Rotation:
+        """Spend the token ``digest`` and store ``successor`` in its family, atomically.
+
+        In one transaction: mark the token spent only if it is not spent yet, and tell from
+        the row count whether this call did it. If it did not (reuse, or a concurrent call
+        won), revoke the family (``reuse``). If the family is revoked already, or past
+        ``expires_at`` or ``idle_expires_at`` (then revoke it, ``expired``), store nothing.
+        Otherwise insert ``successor`` and move ``idle_expires_at`` to ``now + idle_for``
+        (never past ``expires_at``).
+        """
+
+    def revoke_family(self, family_id: str, *, now: datetime, reason: FamilyEnd) -> bool:
+        """Revoke one family unless it is revoked already; whether this call revoked it."""
+
+    def revoke_account(self, account_id: str, *, now: datetime, reason: FamilyEnd) -> int:
+        """Revoke every unrevoked family of the account; how many."""
+
+    def claim_totp_step(self, account_id: str, step: int) -> bool:
+        """Atomically record ``step`` if it is newer than the account's last; whether it was.
+
+        Of two concurrent claims of one step, exactly one returns ``True``.
+        """
+
+    def purge(self, *, now: datetime) -> int:
+        """Delete families (and their tokens) past their absolute or idle end; how many."""
+
+    def close(self) -> None:
         """Release connections."""

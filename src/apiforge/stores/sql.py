@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     Connection,
@@ -32,26 +34,33 @@ from sqlalchemy import (
     and_,
     bindparam,
     create_engine,
+    delete,
     event,
     insert,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from apiforge.errors import ConfigurationError, StoreError
 from apiforge.identity.accounts import Account, AccountStatus
 from apiforge.identity.api_keys import ApiKeyRecord, Application, KeyStatus
+from apiforge.identity.refresh import FamilyEnd, RefreshFamily, Rotation
 
 __all__ = [
     "SqlRecordStore",
+    "SqlRefreshStore",
     "accounts_table",
     "api_keys_table",
     "applications_table",
     "create_sql_engine",
     "metadata",
+    "refresh_families_table",
+    "refresh_tokens_table",
+    "totp_steps_table",
 ]
 
 metadata: Final = MetaData()
@@ -99,9 +108,47 @@ accounts_table: Final = Table(
     Column("status", Text, nullable=False),
     Column("version", Integer, nullable=False),
     Column("password_hash", Text, nullable=True),
+    Column("totp_secret", Text, nullable=True),
     CheckConstraint(
         "status IN ('active', 'suspended', 'locked', 'deleted')", name="accounts_status_known"
     ),
+)
+
+refresh_families_table: Final = Table(
+    "refresh_families",
+    metadata,
+    Column("family_id", Text, primary_key=True),
+    Column("account_id", Text, nullable=False, index=True),
+    Column("account_version", Integer, nullable=False),
+    Column("client_id", Text, nullable=True),
+    Column("scope", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("idle_expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_reason", Text, nullable=True),
+)
+
+refresh_tokens_table: Final = Table(
+    "refresh_tokens",
+    metadata,
+    Column("digest", LargeBinary, primary_key=True),
+    Column(
+        "family_id",
+        Text,
+        ForeignKey("refresh_families.family_id", name="refresh_tokens_family_fk"),
+        nullable=False,
+        index=True,
+    ),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("spent_at", DateTime(timezone=True), nullable=True),
+)
+
+totp_steps_table: Final = Table(
+    "totp_steps",
+    metadata,
+    Column("account_id", Text, primary_key=True),
+    Column("last_step", BigInteger, nullable=False),
 )
 
 _SCHEMES: Final = ("sqlite", "postgresql", "postgresql+psycopg")
@@ -342,6 +389,7 @@ class SqlRecordStore:
             status=cast(AccountStatus, row.status),
             version=int(row.version),
             password_hash=row.password_hash,
+            totp_secret=row.totp_secret,
         )
 
     def add_account(self, account: Account) -> None:
@@ -354,6 +402,7 @@ class SqlRecordStore:
                     status=account.status,
                     version=account.version,
                     password_hash=account.password_hash,
+                    totp_secret=account.totp_secret,
                 )
             )
 
@@ -381,10 +430,193 @@ class SqlRecordStore:
                     status=account.status,
                     version=account.version,
                     password_hash=account.password_hash,
+                    totp_secret=account.totp_secret,
                 )
             )
         if result.rowcount == 0:
             raise LookupError("no such account")
+
+    def replace_password_hash(self, account_id: str, old: str, new: str) -> bool:
+        t = accounts_table
+        with self._begin() as c:
+            result = c.execute(
+                update(t)
+                .where(and_(t.c.account_id == account_id, t.c.password_hash == old))
+                .values(password_hash=new)
+            )
+        return bool(result.rowcount)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+class SqlRefreshStore:
+    """:class:`~apiforge.stores.protocols.RefreshStore` on SQLite or PostgreSQL.
+
+    Single use rests on one statement, ``UPDATE refresh_tokens SET spent_at = :now WHERE
+    digest = :d AND spent_at IS NULL``, run first in the transaction: PostgreSQL makes a second
+    updater of the row wait for the first to commit and then re-check ``spent_at IS NULL``
+    (zero rows); SQLite takes the write lock with that first write, so a second transaction
+    waits (``busy_timeout``) and then finds the token spent. Either way the row count tells
+    each caller whether it won, and the successor is inserted in the same transaction.
+
+    Args:
+        engine: from :func:`create_sql_engine`, migrated; may be the record store's engine
+            (``SqlRefreshStore(records.engine)``) to share its pool.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise ConfigurationError(f"refresh store: SQL dialect {dialect!r} is not supported")
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except SQLAlchemyError as exc:
+            raise StoreError(f"refresh store failed: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _family(row: Row[Any]) -> RefreshFamily:
+        return RefreshFamily(
+            family_id=row.family_id,
+            account_id=row.account_id,
+            account_version=int(row.account_version),
+            client_id=row.client_id,
+            scope=_split(row.scope),
+            created_at=_required_utc(row.created_at),
+            expires_at=_required_utc(row.expires_at),
+            idle_expires_at=_required_utc(row.idle_expires_at),
+            revoked_at=_utc(row.revoked_at),
+            revoked_reason=row.revoked_reason,
+        )
+
+    def add_family(self, family: RefreshFamily, digest: bytes) -> None:
+        with self._begin() as c:
+            c.execute(
+                insert(refresh_families_table).values(
+                    family_id=family.family_id,
+                    account_id=family.account_id,
+                    account_version=family.account_version,
+                    client_id=family.client_id,
+                    scope=_join(family.scope),
+                    created_at=family.created_at,
+                    expires_at=family.expires_at,
+                    idle_expires_at=family.idle_expires_at,
+                    revoked_at=family.revoked_at,
+                    revoked_reason=family.revoked_reason,
+                )
+            )
+            c.execute(
+                insert(refresh_tokens_table).values(
+                    digest=digest, family_id=family.family_id, created_at=family.created_at
+                )
+            )
+
+    @staticmethod
+    def _family_of(c: Connection, digest: bytes) -> RefreshFamily | None:
+        f, t = refresh_families_table, refresh_tokens_table
+        row = c.execute(
+            select(f).join(t, t.c.family_id == f.c.family_id).where(t.c.digest == digest)
+        ).first()
+        return None if row is None else SqlRefreshStore._family(row)
+
+    def get_family(self, digest: bytes) -> RefreshFamily | None:
+        with self._begin() as c:
+            return self._family_of(c, digest)
+
+    @staticmethod
+    def _revoke(
+        c: Connection, family: RefreshFamily, now: datetime, reason: FamilyEnd
+    ) -> RefreshFamily:
+        f = refresh_families_table
+        result = c.execute(
+            update(f)
+            .where(and_(f.c.family_id == family.family_id, f.c.revoked_at.is_(None)))
+            .values(revoked_at=now, revoked_reason=reason)
+        )
+        if result.rowcount and family.revoked_at is None:
+            return replace(family, revoked_at=now, revoked_reason=reason)
+        return family
+
+    def rotate(
+        self, digest: bytes, successor: bytes, *, now: datetime, idle_for: timedelta
+    ) -> Rotation:
+        t, f = refresh_tokens_table, refresh_families_table
+        with self._begin() as c:
+            # The spend comes first: it is the statement that serializes concurrent callers.
+            spent = c.execute(
+                update(t)
+                .where(and_(t.c.digest == digest, t.c.spent_at.is_(None)))
+                .values(spent_at=now)
+            )
+            won = spent.rowcount == 1
+            family = self._family_of(c, digest)
+            if family is None:
+                return Rotation("unknown", None)
+            if not won:
+                return Rotation("reused", self._revoke(c, family, now, "reuse"))
+            if family.revoked_at is not None:
+                return Rotation("revoked", family)
+            if now >= family.expires_at or now >= family.idle_expires_at:
+                return Rotation("expired", self._revoke(c, family, now, "expired"))
+            idle_until = min(now + idle_for, family.expires_at)
+            c.execute(
+                update(f)
+                .where(f.c.family_id == family.family_id)
+                .values(idle_expires_at=idle_until)
+            )
+            c.execute(
+                insert(t).values(digest=successor, family_id=family.family_id, created_at=now)
+            )
+        return Rotation("rotated", replace(family, idle_expires_at=idle_until))
+
+    def revoke_family(self, family_id: str, *, now: datetime, reason: FamilyEnd) -> bool:
+        f = refresh_families_table
+        with self._begin() as c:
+            result = c.execute(
+                update(f)
+                .where(and_(f.c.family_id == family_id, f.c.revoked_at.is_(None)))
+                .values(revoked_at=now, revoked_reason=reason)
+            )
+        return bool(result.rowcount)
+
+    def revoke_account(self, account_id: str, *, now: datetime, reason: FamilyEnd) -> int:
+        f = refresh_families_table
+        with self._begin() as c:
+            result = c.execute(
+                update(f)
+                .where(and_(f.c.account_id == account_id, f.c.revoked_at.is_(None)))
+                .values(revoked_at=now, revoked_reason=reason)
+            )
+        return int(result.rowcount)
+
+    def claim_totp_step(self, account_id: str, step: int) -> bool:
+        s = totp_steps_table
+        claim = self._insert(s).values(account_id=account_id, last_step=step)
+        # One statement: insert the first step, or move the last step forward only if newer.
+        # RETURNING gives a row exactly when a row was written.
+        statement = claim.on_conflict_do_update(
+            index_elements=[s.c.account_id],
+            set_={"last_step": claim.excluded.last_step},
+            where=s.c.last_step < claim.excluded.last_step,
+        ).returning(s.c.account_id)
+        with self._begin() as c:
+            return c.execute(statement).first() is not None
+
+    def purge(self, *, now: datetime) -> int:
+        f, t = refresh_families_table, refresh_tokens_table
+        ended = select(f.c.family_id).where(or_(f.c.expires_at <= now,
+                                                f.c.idle_expires_at <= now))
+        with self._begin() as c:
+            c.execute(delete(t).where(t.c.family_id.in_(ended)))
+            result = c.execute(delete(f).where(f.c.family_id.in_(ended)))
+        return int(result.rowcount)
 
     def close(self) -> None:
         """Close every pooled connection."""

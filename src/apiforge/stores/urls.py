@@ -8,6 +8,10 @@ URL                    backend                                      use
 ``memory://``          records or state in this process only        tests, one worker
 ``redis://…``          state in Redis (``rediss://`` for TLS)       several instances
 =====================  ===========================================  =======================
+
+Refresh-token families live in the record database (:func:`open_refresh_store` with the same
+URL as the records, or ``SqlRefreshStore(records.engine)`` to share the pool): their single use
+needs a transaction, which is what SQL gives.
 """
 
 from __future__ import annotations
@@ -17,14 +21,21 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from apiforge.errors import ConfigurationError
-from apiforge.stores.memory import MemoryRecordStore, MemoryStateStore
-from apiforge.stores.protocols import AccountStore, ApiKeyStore, ApplicationStore, StateStore
+from apiforge.stores.memory import MemoryRecordStore, MemoryRefreshStore, MemoryStateStore
+from apiforge.stores.protocols import (
+    AccountStore,
+    ApiKeyStore,
+    ApplicationStore,
+    RefreshStore,
+    StateStore,
+)
 
 __all__ = [
     "RECORD_SCHEMES",
     "STATE_SCHEMES",
     "IdentityStores",
     "open_identity_stores",
+    "open_refresh_store",
 ]
 
 RECORD_SCHEMES: Final = ("sqlite", "postgresql", "postgresql+psycopg", "memory")
@@ -139,3 +150,42 @@ def open_identity_stores(
 
         state = RedisStateStore.from_url(url_for_state, prefix=state_prefix)
     return IdentityStores(applications, keys, accounts, state)
+
+
+def open_refresh_store(
+    url: str,
+    *,
+    workers: int = 1,
+    migrate: bool = True,
+    key: str = "authentication.records_url",
+) -> RefreshStore:
+    """Open the refresh-token store named by URL (the record store's URL, as a rule).
+
+    Args:
+        url: ``sqlite:///PATH``, ``postgresql://…`` or ``memory://``.
+        workers: server processes sharing the store. ``memory://`` is refused above one: a
+            token spent in one process would still be fresh in another, so single use (and
+            reuse detection) would not hold.
+        migrate: bring an SQL database to the newest schema first (Alembic).
+        key: the policy key of the URL, named in errors.
+
+    Raises:
+        ConfigurationError: an unknown scheme, or ``memory://`` with several workers.
+    """
+    if workers < 1:
+        raise ConfigurationError(f"workers must be at least 1, not {workers}")
+    scheme = _scheme(url)
+    if scheme not in RECORD_SCHEMES:
+        raise _refuse(key, scheme, RECORD_SCHEMES)
+    if scheme == "memory":
+        if workers > 1:
+            raise _refuse_memory(key, workers)
+        return MemoryRefreshStore()
+    from apiforge.stores.sql import SqlRefreshStore, create_sql_engine
+
+    engine = create_sql_engine(url)
+    if migrate:
+        from apiforge.stores.migrations import upgrade
+
+        upgrade(engine)
+    return SqlRefreshStore(engine)
