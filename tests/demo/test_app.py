@@ -494,7 +494,8 @@ class WithContext:
 
 @pytest.fixture
 def as_bob(app: Starlette) -> Iterator[DemoClient]:
-    demo = DemoClient(WithContext(app, Principal(application="web", user="acc_bob", username="bob"), "req-bob-1"))
+    bob = Principal(application="web", user="acc_bob", username="bob")
+    demo = DemoClient(WithContext(app, bob, "req-bob-1"))
     yield demo
     demo.close()
 

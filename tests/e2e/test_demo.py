@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -47,8 +49,22 @@ class Demo:
         credentials = json.loads((self.data_dir / "demo-credentials.json").read_text())
         return str(credentials["api_key"])
 
+    def credentials(self) -> dict[str, Any]:
+        return dict(json.loads((self.data_dir / "demo-credentials.json").read_text()))
+
+    @functools.cached_property
+    def token(self) -> str:
+        """An access token of alice's, from the demo's own password grant (fetched once)."""
+        alice = self.credentials()["accounts"]["alice"]
+        with self.client(with_key=False) as c:
+            granted = c.post("/v1/auth/token", data={
+                "grant_type": "password", "username": "alice", "password": alice["password"]})
+        assert granted.status_code == 200, granted.text
+        return str(granted.json()["access_token"])
+
     def client(self, *, with_key: bool = True) -> httpx.Client:
-        headers = {"x-api-key": self.api_key} if with_key else {}
+        headers = ({"x-api-key": self.api_key, "authorization": f"Bearer {self.token}"}
+                   if with_key else {})
         return httpx.Client(base_url=self.url, verify=ssl.create_default_context(
             cafile=str(self.ca)), timeout=10, headers=headers)
 
@@ -259,7 +275,8 @@ def test_keys_made_and_revoked_by_the_cli_reach_the_running_demo(demo: Demo) -> 
     def status_within(expected: int, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         with demo.client(with_key=False) as c:
-            while c.get("/v1/users/me", headers={"x-api-key": key}).status_code != expected:
+            headers = {"x-api-key": key, "authorization": f"Bearer {demo.token}"}
+            while c.get("/v1/users/me", headers=headers).status_code != expected:
                 assert time.monotonic() < deadline, f"not {expected} within {seconds} s"
                 time.sleep(0.05)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apiforge.policy import Policy, load_policy
 
@@ -24,11 +24,17 @@ def load_demo_policy(path: Path | None = None) -> Policy:
 def resolve_data_dir(policy: Policy, data_dir: Path) -> Policy:
     """The policy with ``{data_dir}`` in the authentication section replaced by ``data_dir``."""
     auth = policy.authentication
-    changes = {
-        name: value.replace("{data_dir}", str(data_dir.resolve()))
+    here = str(data_dir.resolve())
+    changes: dict[str, object] = {
+        name: value.replace("{data_dir}", here)
         for name in ("records_url", "state_url", "pepper_file")
         if isinstance(value := getattr(auth, name), str)
     }
+    provider = auth.tokens.provider
+    if provider is not None:
+        provider = provider.model_copy(
+            update={"keyring_file": provider.keyring_file.replace("{data_dir}", here)})
+        changes["tokens"] = auth.tokens.model_copy(update={"provider": provider})
     return policy.model_copy(update={"authentication": auth.model_copy(update=changes)})
 
 
@@ -41,11 +47,14 @@ def protected_demo_app(
     """The demo users API (or ``app``) behind every layer its policy names.
 
     Call it with no event loop running: the first start of a data directory creates the
-    demo's pepper, application, API key and accounts (``demo-credentials.json``).
+    demo's pepper, signing keys, application, API key and accounts (``demo-credentials.json``).
+    With ``app``, the identity provider's routes are not served (the app is benchmarked alone).
     """
     import asyncio
 
+    from apiforge.core.pipeline import event_bus
     from apiforge.demo.app import create_app
+    from apiforge.demo.auth import auth_routes
     from apiforge.demo.bootstrap import ensure_demo_identity
     from apiforge.demo.schemas import ProfileUpdate
     from apiforge.identity.runtime import IdentityRuntime, ensure_pepper_file
@@ -61,8 +70,58 @@ def protected_demo_app(
         try:
             await ensure_demo_identity(runtime, data_dir)
         finally:
-            await runtime.stores.aclose()
+            await runtime.stop()
 
     asyncio.run(bootstrap())
-    return protect(app or create_app(data_dir), resolved, events=events,
-                   models={"PUT /v1/users/me": ProfileUpdate})
+    bus = events if events is not None else event_bus(resolved.events)
+    identity = IdentityRuntime(resolved.authentication)
+    if app is None:
+        holder: list[Any] = []
+        service = _token_service(resolved, identity)
+        routes = auth_routes(service, _guessing_backoff(resolved), identity.accounts,
+                             lambda: holder[0].state.users, bus, identity.start,
+                             identity.refresher.poll_once)
+        demo = create_app(data_dir, extra_routes=routes)
+        holder.append(demo)
+        app = demo
+    pipeline = protect(app, resolved, events=bus, identity=identity,
+                       models={"PUT /v1/users/me": ProfileUpdate})
+    pipeline.owns_events = events is None
+    return pipeline
+
+
+def _token_service(policy: Policy, identity: Any) -> Any:
+    from apiforge.errors import ConfigurationError
+    from apiforge.identity.token_service import TokenService
+    from apiforge.stores import open_refresh_store
+
+    provider = policy.authentication.tokens.provider
+    tokens = identity.tokens
+    if provider is None or tokens is None or tokens.keyring is None:
+        raise ConfigurationError(
+            "the demo issues its own tokens: set authentication.tokens.provider in its policy"
+        )
+    return TokenService(
+        identity.accounts, tokens.keyring,
+        open_refresh_store(policy.authentication.records_url), identity.stores.state,
+        issuer=provider.issuer, audience=provider.audience, access_ttl=provider.access_ttl,
+        refresh_idle=provider.refresh_idle, refresh_absolute=provider.refresh_absolute,
+        verifier=tokens.verifier,
+    )
+
+
+def _guessing_backoff(policy: Policy) -> Any:
+    from apiforge.ratelimit.backoff import GuessingBackoff, MemoryBackoffStore, RedisBackoffStore
+
+    settings = policy.rate_limits
+    store: Any
+    if settings.store.startswith("memory://"):
+        store = MemoryBackoffStore()
+    else:
+        from apiforge.ratelimit.redis_limiter import RedisLimiter
+
+        client = RedisLimiter.from_url(settings.store, timeout=settings.timeout).redis
+        store = RedisBackoffStore(client, settings.prefix + "bo:")
+    guessing = settings.guessing
+    return GuessingBackoff(store, free=guessing.free, base=guessing.base,
+                           ceiling=guessing.ceiling)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -192,7 +192,7 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(data_dir: Path) -> Starlette:
+def create_app(data_dir: Path, *, extra_routes: Sequence[Route] = ()) -> Starlette:
     """Build the demo users API over the SQLite database ``data_dir/demo.db``.
 
     ``data_dir`` is created if missing; a fresh directory gets a fresh database seeded with four
@@ -205,6 +205,8 @@ def create_app(data_dir: Path) -> Starlette:
 
     Args:
         data_dir: where the database lives; it holds user data, so keep it private.
+        extra_routes: more routes served by the same app (the identity provider's), with
+            the same error handling.
 
     Returns:
         The Starlette app. ``app.state.users`` is its :class:`~apiforge.demo.db.UserRepository`.
@@ -267,6 +269,8 @@ def create_app(data_dir: Path) -> Starlette:
         Route("/v1/users/me", _guarded(me), methods=["GET", "PUT"], name="users_me"),
         Route("/v1/users/{id}", _guarded(user_by_id), methods=["GET"], name="user_by_id"),
         Route("/openapi.json", _guarded(openapi), methods=["GET"], name="openapi"),
+        *(Route(r.path, _guarded(r.endpoint), methods=sorted(r.methods or ()), name=r.name)
+          for r in extra_routes),
     ]
     app = Starlette(
         routes=routes,

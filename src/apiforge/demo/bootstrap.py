@@ -2,7 +2,10 @@
 
 ``DATA_DIR/demo-credentials.json`` (mode 0600) is written once per data directory::
 
-    {"api_key": "afk_…", "accounts": {"alice": {"password": "…", "role": "user"}, …}}
+    {"api_key": "afk_…", "accounts": {"alice": {"password": "…", "role": "user"}, …,
+     "ada": {"password": "…", "role": "admin", "totp_secret": "BASE32…"}}}
+
+The administrator ``ada`` must add a TOTP code (``otp``) to every password grant.
 
 Only hashes are stored: the key as HMAC-SHA-256 under the pepper, passwords with argon2id.
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 from apiforge.identity import Application
 from apiforge.identity.passwords import hash_password
 from apiforge.identity.runtime import IdentityRuntime
+from apiforge.identity.totp import new_totp_secret
 
 __all__ = ["CREDENTIALS_FILE", "DEMO_ACCOUNTS", "ensure_demo_identity"]
 
@@ -41,8 +45,12 @@ async def ensure_demo_identity(runtime: IdentityRuntime, data_dir: Path) -> Path
     for username, role in DEMO_ACCOUNTS.items():
         password = secrets.token_urlsafe(18)
         password_hash = await asyncio.to_thread(hash_password, password)
-        await runtime.accounts.create(username, [role], password_hash)
+        account = await runtime.accounts.create(username, [role], password_hash)
         accounts[username] = {"password": password, "role": role}
+        if role == "admin":  # an administrator needs a second factor
+            secret = new_totp_secret()
+            await runtime.accounts.set_totp(account.account_id, secret)
+            accounts[username]["totp_secret"] = secret
     document = {"api_key": key.reveal(), "accounts": accounts}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:

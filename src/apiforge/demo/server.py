@@ -61,20 +61,26 @@ def run_demo(
     def ready(url: str) -> None:
         _say(f"apiforge demo ready on {url}\n")  # the line scripts wait for
         ca_option = f"--cacert {ca} " if ca else ""
-        curl = f'curl -s {ca_option}-H "X-API-Key: $APIFORGE_DEMO_KEY"'
+        curl = (f'curl -s {ca_option}-H "X-API-Key: $APIFORGE_DEMO_KEY"'
+                ' -H "Authorization: Bearer $TOKEN"')
         body = '{"email": "alice@example.com", "age": 34, "bio": "<b>Hi</b> there"}'
+        alice = credentials["accounts"]["alice"]["password"]
+        grant = (f"curl -s {ca_option}{url}/v1/auth/token -d grant_type=password"
+                 f" -d username=alice -d password={alice}")
         _say(
             f"\n  plain HTTP on http://{host}:{http_port} redirects here"
             + (f"\n  development CA: {ca}" if ca else "")
-            + f"\n  credentials (API key, account passwords): {data_dir / CREDENTIALS_FILE}"
-            "\n  every request acts as the user alice until token authentication lands\n"
+            + f"\n  credentials (API key, passwords, ada's TOTP secret): "
+            f"{data_dir / CREDENTIALS_FILE}\n"
             f"\n  export APIFORGE_DEMO_KEY={credentials['api_key']}"
+            f"\n  export TOKEN=$({grant} | python3 -c 'import json,sys;"
+            " print(json.load(sys.stdin)[\"access_token\"])')"
             f"\n  {curl} {url}/v1/users/me"
             f"\n  {curl} -X PUT {url}/v1/users/me -H 'Content-Type: application/json'"
             f" -d '{body}'"
             f"\n  {curl} {url}/v1/users/2"
             f"\n  curl -s {ca_option}{url}/openapi.json"
-            f"\n  curl -si {ca_option}{url}/v1/users/me                  # no key: 401"
+            f"\n  curl -si {ca_option}{url}/v1/users/me                  # no credentials: 401"
             f"\n  {curl} -i --path-as-is {url}/v1/users/me/../2   # refused: 400"
             f"\n  curl -si http://{host}:{http_port}/v1/users/me          # 301 to HTTPS"
             "\n\n  Security events are printed below as JSON lines. Ctrl-C stops.\n\n"

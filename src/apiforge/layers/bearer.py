@@ -9,7 +9,8 @@ Order of work, cheapest first, so a forged token buys as little as possible:
 4. the ``jti`` denylist (in memory, fed by the change feed; the store is asked once per token
    this process has not seen before);
 5. the account: it must exist and be active, at its latest version (a suspension takes effect
-   on the next request on every instance);
+   on the next request on every instance), and a token issued before the account last changed
+   (its ``account_version`` claim) is refused;
 6. the route's scopes (403 ``insufficient_scope``).
 
 Every refusal up to 5 is the same 401 with ``WWW-Authenticate: Bearer error="invalid_token"``
@@ -130,6 +131,10 @@ class BearerLayer:
             runtime.accounts.check(account)
         except AccountRefused as refused:
             self._fail(ctx, f"account_{refused.reason}")
+        issued_at_version = verified.claims.get("account_version")
+        if type(issued_at_version) is int and issued_at_version < account.version:
+            # Issued before a password change, a second factor or a status change.
+            self._fail(ctx, "account_changed")
         if scopes and not scopes <= verified.scopes:
             self.events.emit(make_event("authz_fail", ctx=ctx, reason="insufficient_scope"))
             raise Forbidden(
