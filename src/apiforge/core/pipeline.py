@@ -68,6 +68,8 @@ logger = logging.getLogger("apiforge")
 
 # In report-only mode bodies over the limit pass, but are still never buffered without bound.
 _REPORT_CEILING = 64 * 1024 * 1024
+# A response checked before it leaves is held whole; larger ones are refused, not streamed.
+_MAX_TRANSFORMED = 16 * 1024 * 1024
 # Headers of an app's error answer that are safe and useful to carry into our problem body.
 _KEPT_ERROR_HEADERS = frozenset({b"allow", b"retry-after", b"www-authenticate"})
 _ERRORS_BY_STATUS: dict[int, type[ApiError]] = {
@@ -314,10 +316,14 @@ class Pipeline:
     ) -> None:
         id_header = (b"x-request-id", ctx.request_id.encode("ascii"))
         response_hooks = plan.response_start_hooks
+        transforms = plan.response_transforms
         observe = self.metrics.observe
         route_key = plan.key
 
         async def send_wrapper(message: Message) -> None:
+            if response.held is not None:
+                await release(message)
+                return
             if response.replaced is not None:
                 # Swallow the app's own error body; ours goes out once its body is complete.
                 if message["type"] == "http.response.body" and not message.get("more_body"):
@@ -349,7 +355,55 @@ class Pipeline:
                 for hook in response_hooks:
                     hook(ctx, status, out)
                 message["headers"] = out
+                if transforms and 200 <= status < 300:
+                    response.held = message
+                    response.started = False  # nothing is sent until the body is checked
+                    return
             await send(message)
+
+        async def release(message: Message) -> None:
+            """Collect a held answer's body; once whole, transform it and send it."""
+            if message["type"] != "http.response.body":
+                return
+            held = response.held_body
+            held.append(message.get("body", b""))
+            more = message.get("more_body", False)
+            if sum(map(len, held)) > _MAX_TRANSFORMED:
+                # Fail closed: an answer too large to check is not sent unchecked.
+                response.held = None
+                response.replaced = InternalError(reason="response_too_large_to_check")
+                self._denied(ctx, response.replaced)
+                if not more:
+                    await self._send_problem(send, response.replaced, ctx, head, count=False)
+                return
+            if more:
+                return
+            start = response.held
+            response.held = None
+            assert start is not None  # noqa: S101 - release() runs only while one is held
+            body = b"".join(held)
+            try:
+                for transform in transforms:
+                    body = transform(ctx, start["status"], body)
+            except ApiError as error:
+                failed: ApiError = error
+            except Exception:
+                logger.exception("response check failed; answer withheld",
+                                 extra={"request_id": ctx.request_id})
+                failed = InternalError(reason="response_check_exception")
+            else:
+                start["headers"] = [
+                    (name, str(len(body)).encode("ascii") if name == b"content-length"
+                     else value)
+                    for name, value in start["headers"]
+                ]
+                response.started = True
+                await send(start)
+                await send({"type": "http.response.body", "body": b"" if head else body})
+                return
+            response.replaced = failed  # the app's answer is dropped, ours goes out
+            self._denied(ctx, failed)
+            await self._send_problem(send, failed, ctx, head, count=False)
 
         try:
             await self.app(scope, receive, send_wrapper)
@@ -444,12 +498,15 @@ def _late(watched: Watched) -> ApiError:
 class _Response:
     """What the pipeline knows about the response of one request."""
 
-    __slots__ = ("refusal", "replaced", "started")
+    __slots__ = ("held", "held_body", "refusal", "replaced", "started")
 
     def __init__(self) -> None:
         self.started = False
         self.replaced: ApiError | None = None
         self.refusal: ApiError | None = None
+        self.held: Message | None = None
+        """The start of a 2xx answer kept back until its body is transformed."""
+        self.held_body: list[bytes] = []
 
     def refuse(self, error: ApiError) -> None:
         self.refusal = error

@@ -47,6 +47,10 @@ class RoutePlan:
     value replaces the body the app reads."""
     read_body: bool = False
     """Read the whole body (within ``body_limit``) before the app runs, for ``body_hooks``."""
+    response_transforms: tuple[Callable[..., Any], ...] = ()
+    """``transform(ctx, status, body) -> bytes`` on the whole body of a 2xx answer, in order,
+    before anything of it is sent; raise an ``ApiError`` to answer with it instead (a
+    response-level authorization check). Only routes that have one pay for the buffering."""
     body_limit: int = 1024 * 1024
     report_only: bool = False
     deadline: float = 30.0
