@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from apiforge.access.cli import policy_cli
 from apiforge.errors import ConfigurationError
 from apiforge.keys_cli import accounts, keys
 from apiforge.policy import DEFAULT_POLICY_PATH, load_policy
@@ -51,6 +52,7 @@ app.add_typer(certs, name="certs")
 app.add_typer(keys, name="keys")
 app.add_typer(accounts, name="accounts")
 app.add_typer(token, name="token")
+app.add_typer(policy_cli, name="policy")
 
 
 @certs.command("dev")

@@ -12,6 +12,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 
+from apiforge.access.settings import AuthorizationSettings, RouteAuthorization
 from apiforge.identity.token_settings import RouteTokenSettings, TokenSettings
 from apiforge.layers.cors import CorsSettings
 from apiforge.layers.headers import RouteHeadersSettings, SecurityHeadersSettings
@@ -271,6 +272,12 @@ class RouteSettings(PolicyModel):
     rate_limits: RouteRateLimits | None = None
     """This route's rate limits; unset: `rate_limits.default`."""
 
+    authorize: RouteAuthorization | None = None
+    """The permission this route needs, and the resource type it acts on (see
+    docs/authorization.md). Once `authorization` has roles or rules, a route that requires
+    authentication and has no `authorize` is denied (403): routes are closed unless they say
+    what they need. A route with `auth: none` is public and is not authorized."""
+
 
 class EventsSettings(PolicyModel):
     """Where security events go."""
@@ -335,6 +342,11 @@ class Policy(PolicyModel):
 
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     """Rate limits: see `RateLimitSettings` below."""
+
+    authorization: AuthorizationSettings = Field(default_factory=AuthorizationSettings)
+    """Roles, rules and field visibility: see `AuthorizationSettings` below. Empty (the
+    default) changes nothing; once it has roles or rules, routes are authorized by their
+    `authorize` key."""
 
     events: EventsSettings = Field(default_factory=EventsSettings)
     """Security events: see the keys below."""
