@@ -13,6 +13,7 @@ from apiforge.events import EventBus
 from apiforge.identity.runtime import IdentityRuntime
 from apiforge.layers.auth_failures import AuthFailureGuard
 from apiforge.layers.authn import ApiKeyLayer
+from apiforge.layers.authz import AuthzFieldsLayer, AuthzLayer, ResourceLoader
 from apiforge.layers.bearer import BearerLayer
 from apiforge.layers.cors import CorsLayer
 from apiforge.layers.headers import SecurityHeadersLayer
@@ -38,6 +39,7 @@ def standard_layers(
     identity: IdentityRuntime | None = None,
     models: Mapping[str, type[BaseModel]] | None = None,
     checks: Mapping[str, BusinessCheck] | None = None,
+    resources: Mapping[str, ResourceLoader] | None = None,
 ) -> list[Layer]:
     """The layers every protected app runs, in their fixed order.
 
@@ -45,10 +47,12 @@ def standard_layers(
     (answered before authentication, as browsers send them without credentials), then
     authentication (the API key, then the bearer token: the cheap check first), rate limits
     (after it, so per-key and per-user limits are decided with the per-address ones in one
-    charge), the security headers on every response, and body validation last, after every
-    check of who is calling (the body of a refused caller is never read).
+    charge), endpoint and object authorization, the security headers on every response, body
+    validation after every check of who is calling (the body of a refused caller is never
+    read), and field-level authorization of the validated body last.
     """
     overrides = {key: route.headers for key, route in policy.routes.items() if route.headers}
+    authz = AuthzLayer(policy, events, resources)
     failures = policy.authentication.failures
     guard = AuthFailureGuard(failures.rate, failures.period, failures.burst)
     return [
@@ -58,8 +62,10 @@ def standard_layers(
         BearerLayer(policy, identity, events, guard),
         RateLimitLayer(policy.rate_limits,
                        {key: route.rate_limits for key, route in policy.routes.items()}, events),
+        authz,
         SecurityHeadersLayer(policy.security_headers, overrides),
         ValidationLayer(policy, models=models, checks=checks),
+        AuthzFieldsLayer(authz),
     ]
 
 
@@ -71,6 +77,7 @@ def protect(
     identity: IdentityRuntime | None = None,
     models: Mapping[str, type[BaseModel]] | None = None,
     checks: Mapping[str, BusinessCheck] | None = None,
+    resources: Mapping[str, ResourceLoader] | None = None,
 ) -> Pipeline:
     """Wrap an ASGI app (FastAPI, Starlette, Litestar, ...) in APIForge's pipeline.
 
@@ -86,6 +93,9 @@ def protect(
             (``{"PUT /v1/users/me": ProfileUpdate}``), in strict mode.
         checks: business rules run on validated bodies, by route key; they raise
             ``ValidationFailed``.
+        resources: resource loaders by route key: ``loader(ctx)`` returns the object the
+            request acts on (a mapping, as authorization rules read it) or ``None`` when it
+            does not exist; sync or async.
 
     Returns:
         The protected ASGI app.
@@ -94,7 +104,8 @@ def protect(
     bus = events if events is not None else event_bus(loaded.events)
     if identity is None and needs_identity(loaded):
         identity = IdentityRuntime(loaded.authentication)
-    layers = standard_layers(loaded, bus, identity=identity, models=models, checks=checks)
+    layers = standard_layers(loaded, bus, identity=identity, models=models, checks=checks,
+                             resources=resources)
     pipeline = Pipeline(app, loaded, layers=layers, events=bus)
     pipeline.owns_events = events is None
     return pipeline

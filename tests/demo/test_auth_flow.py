@@ -176,11 +176,19 @@ async def test_admin_suspends_a_user_whose_tokens_stop_at_once(demo: Demo) -> No
         bob = (await demo.grant(c, "bob")).json()
         assert (await c.get("/v1/users/me", headers=demo.headers(bob["access_token"]))
                 ).status_code == 200
-        refused = await c.post("/v1/users/1/suspend", headers=demo.headers(bob["access_token"]))
-        assert refused.status_code == 403  # a user may not suspend anyone
-        ada = (await demo.grant(c, "ada", otp=totp_code(secret, time.time() + 30))).json()
         bob_id = (await c.get("/v1/users/me", headers=demo.headers(bob["access_token"]))
                   ).json()["id"]
+        hidden = await c.post("/v1/users/1/suspend", headers=demo.headers(bob["access_token"]))
+        assert hidden.status_code == 404  # bob may not even see alice's account
+        refused = await c.post(f"/v1/users/{bob_id}/suspend",
+                               headers=demo.headers(bob["access_token"]))
+        assert refused.status_code == 403  # he sees his own, but may not suspend it
+        ada = (await demo.grant(c, "ada", otp=totp_code(secret, time.time() + 30))).json()
+        ada_id = (await c.get("/v1/users/me", headers=demo.headers(ada["access_token"]))
+                  ).json()["id"]
+        self_suspend = await c.post(f"/v1/users/{ada_id}/suspend",
+                                    headers=demo.headers(ada["access_token"]))
+        assert self_suspend.status_code == 403  # the explicit deny rule wins over her role
         done = await c.post(f"/v1/users/{bob_id}/suspend",
                             headers=demo.headers(ada["access_token"]))
         assert done.status_code == 200 and done.json()["status"] == "suspended"

@@ -132,7 +132,8 @@ def test_reads_and_updates_over_https(demo: Demo) -> None:
         assert update.status_code == 200, update.text
         assert update.json()["bio"] == "Hi O'Brien"
         assert_protected(update)
-        assert c.get("/v1/users/2").json()["username"] == "bob"
+        assert c.get(f"/v1/users/{me.json()['id']}").json()["username"] == "alice"
+        assert c.get("/v1/users/2").status_code == 404  # bob's profile is not alice's to see
         assert c.get("/openapi.json").json()["openapi"].startswith("3.1")
 
 

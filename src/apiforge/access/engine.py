@@ -140,7 +140,7 @@ class Authorizer:
 
     A principal is a :class:`~apiforge.core.context.Principal` or a mapping with at least
     ``roles`` (an iterable of role names) and any attributes rules read (``user_id``, ...).
-    Rules see a ``Principal`` as ``{application, user, user_id, roles, scopes}``, where
+    Rules see a ``Principal`` as ``{application, user, user_id, username, roles, scopes}``, where
     ``user_id`` is ``Principal.user``. Roles the policy does not define grant nothing.
 
     Safe to share between threads and tasks: its caches only ever gain entries, and a race
@@ -450,8 +450,8 @@ def _failed_deny(decision: Decision, problem: str) -> Decision:
 def _attributes(principal: Principal | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(principal, Principal):
         return {"application": principal.application, "user": principal.user,
-                "user_id": principal.user, "roles": principal.roles,
-                "scopes": principal.scopes}
+                "user_id": principal.user, "username": principal.username,
+                "roles": principal.roles, "scopes": principal.scopes}
     return principal
 
 

@@ -48,6 +48,9 @@ class RequestContext:
         json: the request body, parsed once, validated and sanitized (routes with a body
             schema only).
         model: the pydantic model instance that validated the body, in library mode.
+        decision: the authorization decision of the route (``apiforge.access.Decision``):
+            what was asked and which grant or rule decided it.
+        extra: per-request values of layers (the rate-limit decision, the loaded object).
     """
 
     request_id: str
@@ -61,6 +64,7 @@ class RequestContext:
     principal: Principal | None = None
     json: Any = None
     model: Any = None
+    decision: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

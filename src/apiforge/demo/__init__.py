@@ -75,17 +75,22 @@ def protected_demo_app(
     asyncio.run(bootstrap())
     bus = events if events is not None else event_bus(resolved.events)
     identity = IdentityRuntime(resolved.authentication)
+    holder: list[Any] = []
     if app is None:
-        holder: list[Any] = []
         service = _token_service(resolved, identity)
         routes = auth_routes(service, _guessing_backoff(resolved), identity.accounts,
                              lambda: holder[0].state.users, bus, identity.start,
                              identity.refresher.poll_once)
-        demo = create_app(data_dir, extra_routes=routes)
-        holder.append(demo)
-        app = demo
+        holder.append(create_app(data_dir, extra_routes=routes))
+    if app is None:
+        app = holder[0]
+        resources = _resource_loaders(lambda: holder[0].state.users)
+    else:  # another app over the same data: the rules still see the stored profiles
+        resources = _resource_loaders(_own_repository(data_dir))
     pipeline = protect(app, resolved, events=bus, identity=identity,
-                       models={"PUT /v1/users/me": ProfileUpdate})
+                       models={"PUT /v1/users/me": ProfileUpdate,
+                               "PUT /v1/users/{id}": ProfileUpdate},
+                       resources=resources)
     pipeline.owns_events = events is None
     return pipeline
 
@@ -125,3 +130,44 @@ def _guessing_backoff(policy: Policy) -> Any:
     guessing = settings.guessing
     return GuessingBackoff(store, free=guessing.free, base=guessing.base,
                            ceiling=guessing.ceiling)
+
+
+def _resource_loaders(users: Any) -> dict[str, Any]:
+    """The objects authorization rules see, by route: a profile as the API returns it."""
+    from apiforge.core.context import RequestContext
+
+    def caller(ctx: RequestContext) -> dict[str, Any] | None:
+        # "me" is the caller's own profile by definition: no query needed to decide on it.
+        principal = ctx.principal
+        return {"username": principal.username} if principal and principal.username else None
+
+    def by_id(ctx: RequestContext) -> dict[str, Any] | None:
+        raw = ctx.path_params.get("id", "")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+            return None
+        user = users().get_by_id(int(raw))
+        return None if user is None else dict(user.to_public())
+
+    return {
+        "GET /v1/users/me": caller,
+        "PUT /v1/users/me": caller,
+        "GET /v1/users/{id}": by_id,
+        "PUT /v1/users/{id}": by_id,
+        "POST /v1/users/{id}/suspend": by_id,
+    }
+
+
+def _own_repository(data_dir: Path) -> Any:
+    from apiforge.demo.app import DATABASE_FILENAME
+    from apiforge.demo.db import UserRepository
+
+    opened: list[UserRepository] = []
+
+    def users() -> UserRepository:
+        if not opened:
+            repository = UserRepository(data_dir / DATABASE_FILENAME)
+            repository.create_schema_and_seed()
+            opened.append(repository)
+        return opened[0]
+
+    return users

@@ -6,8 +6,11 @@ Routes:
 - ``GET /v1/users/me``: the caller's profile.
 - ``PUT /v1/users/me``: replace the caller's email, age and bio (see
   :class:`~apiforge.demo.schemas.ProfileUpdate`); returns the updated profile.
+- ``GET /v1/users``: the first page of profiles (filtered per caller by the pipeline).
 - ``GET /v1/users/{id}``: a profile by numeric id. Any id that is not a positive decimal
   integer of at most 18 digits gets the same 404 as an id nobody has.
+- ``PUT /v1/users/{id}``: replace that profile's email, age and bio (an administrator's
+  route: who may is decided by the pipeline's authorization, not here).
 - ``GET /openapi.json``: the OpenAPI 3.1 description of these routes.
 
 Every error leaves as RFC 9457 ``application/problem+json`` in fixed words; exception text goes
@@ -244,14 +247,21 @@ def create_app(data_dir: Path, *, extra_routes: Sequence[Route] = ()) -> Starlet
         return ORJSONResponse(user.to_public())
 
     async def user_by_id(request: Request) -> Response:
-        """``GET`` a profile by numeric id."""
+        """``GET`` or ``PUT`` a profile by numeric id (who may is the pipeline's decision)."""
         raw_id: str = request.path_params["id"]
         if _USER_ID.fullmatch(raw_id) is None:
             raise NotFound()
         user = users.get_by_id(int(raw_id))
         if user is None:
             raise NotFound()
+        if request.method == "PUT":
+            return await _update_me(request, user.username)
         return ORJSONResponse(user.to_public())
+
+    async def list_users(request: Request) -> Response:
+        """``GET`` the first page of profiles. The app lists them all: which of them a caller
+        may see, and which fields, is the pipeline's decision (``check_response``)."""
+        return ORJSONResponse([user.to_public() for user in users.list_page()])
 
     async def openapi(request: Request) -> Response:
         """The OpenAPI document."""
@@ -267,7 +277,9 @@ def create_app(data_dir: Path, *, extra_routes: Sequence[Route] = ()) -> Starlet
         # repository directly on the event loop: a thread-pool hop would cost more than the
         # query. One route serves both methods of /me so that a 405 lists them all.
         Route("/v1/users/me", _guarded(me), methods=["GET", "PUT"], name="users_me"),
-        Route("/v1/users/{id}", _guarded(user_by_id), methods=["GET"], name="user_by_id"),
+        Route("/v1/users", _guarded(list_users), methods=["GET"], name="users"),
+        Route("/v1/users/{id}", _guarded(user_by_id), methods=["GET", "PUT"],
+              name="user_by_id"),
         Route("/openapi.json", _guarded(openapi), methods=["GET"], name="openapi"),
         *(Route(r.path, _guarded(r.endpoint), methods=sorted(r.methods or ()), name=r.name)
           for r in extra_routes),
@@ -281,5 +293,7 @@ def create_app(data_dir: Path, *, extra_routes: Sequence[Route] = ()) -> Starlet
         },
         lifespan=lifespan,
     )
+    # `/v1/users/` is not `/v1/users`: no redirect that would make two paths one resource.
+    app.router.redirect_slashes = False
     app.state.users = users
     return app

@@ -189,6 +189,12 @@ class UserRepository:
             raise UserNotFound(username)
         return _user(row)
 
+    def list_page(self, limit: int = 100) -> list[User]:
+        """The first ``limit`` accounts by id (who may see which is the caller's decision)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(users_table.select().order_by(users_table.c.id).limit(limit))
+            return [_user(row) for row in rows]
+
     def count(self) -> int:
         """The number of accounts."""
         with self._engine.connect() as conn:
