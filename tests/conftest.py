@@ -1,4 +1,4 @@
-"""Shared fixtures: an in-memory event bus and a real uvicorn server on 127.0.0.1."""
+"""Shared fixtures: an in-memory event bus, a real uvicorn server and a private redis-server."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 
 from apiforge.events import EventBus, MemorySink
+from tests.redis_helpers import OwnRedis
 
 
 @pytest.fixture
@@ -34,6 +36,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A running ``redis-server`` of this test alone (see :class:`OwnRedis`); killed after."""
+    server = OwnRedis(tmp_path, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
 class LiveServer:
     """uvicorn serving an app on 127.0.0.1 in a background thread."""
 
@@ -41,7 +54,7 @@ class LiveServer:
         self.port = free_port()
         self.config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", server_header=False,
-            access_log=False, lifespan="off", **config,
+            proxy_headers=False, access_log=False, lifespan="off", **config,
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True)

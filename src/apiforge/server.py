@@ -85,6 +85,10 @@ def _config(app: Any, host: str, port: int, protocol: Any, log_level: str) -> uv
         port=port,
         http=protocol,
         server_header=False,
+        # uvicorn would otherwise believe X-Forwarded-For from FORWARDED_ALLOW_IPS (loopback by
+        # default) before our pipeline sees the request: the policy's `trusted_proxies` alone
+        # decides whom to believe.
+        proxy_headers=False,
         access_log=False,
         log_level=log_level,
         lifespan="auto",

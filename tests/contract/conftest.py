@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 from sqlalchemy import Engine
 
@@ -25,22 +24,14 @@ from apiforge.stores.memory import MemoryRecordStore, MemoryStateStore
 from apiforge.stores.migrations import upgrade
 from apiforge.stores.redis_store import RedisStateStore
 from apiforge.stores.sql import SqlRecordStore, create_sql_engine
+from tests.redis_helpers import REDIS_URL, delete_prefix, redis_or_skip, unavailable
 
 DATABASE_URL = os.environ.get(
     "APIFORGE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("APIFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 RecordStore = MemoryRecordStore | SqlRecordStore
 StateBackend = MemoryStateStore | RedisStateStore
-
-
-def unavailable(what: str, error: Exception) -> None:
-    """Skip (or, under CI=true, fail) because a test server cannot be reached."""
-    message = f"{what} is unreachable ({type(error).__name__}: {error})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI=true requires every backend", pytrace=False)
-    pytest.skip(f"{message}; set the URL or start the server to run these tests")
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -112,12 +103,7 @@ async def state_backend(
         memory = MemoryStateStore()
         yield lambda: memory
         return
-    probe = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        probe.ping()
-    except redis.RedisError as exc:
-        probe.close()
-        unavailable("Redis", exc)
+    probe = redis_or_skip()
     prefix = f"apiforge-test:{uuid.uuid4().hex}:"
     opened: list[RedisStateStore] = []
 
@@ -130,8 +116,7 @@ async def state_backend(
     finally:
         for store in opened:
             await store.aclose()
-        for key in probe.scan_iter(match=f"{prefix}*"):
-            probe.delete(key)
+        delete_prefix(probe, prefix)
         probe.close()
 
 

@@ -16,12 +16,9 @@ import uuid
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 
-import pytest
-import redis
-
 from apiforge.ratelimit import Identities, Limit, RedisLimiter
+from tests.redis_helpers import REDIS_URL, delete_prefix, redis_or_skip
 
-REDIS_URL = os.environ.get("APIFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PROCESSES = 3
 REQUESTS = 200
 # A long period: refill during the test is nil, so the exact answer is the limit itself.
@@ -55,14 +52,7 @@ def _worker(
 
 
 def test_three_processes_share_one_budget() -> None:
-    probe = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        probe.ping()
-    except redis.RedisError as exc:
-        probe.close()
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Redis unreachable ({exc}); CI=true requires it", pytrace=False)
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable ({type(exc).__name__})")
+    probe = redis_or_skip()
     prefix = f"apiforge-test:{uuid.uuid4().hex}:"
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
@@ -83,8 +73,7 @@ def test_three_processes_share_one_budget() -> None:
         for worker in workers:
             if worker.is_alive():
                 worker.kill()
-        for key in probe.scan_iter(match=f"{prefix}*"):
-            probe.delete(key)
+        delete_prefix(probe, prefix)
         probe.close()
     assert sum(shares) == REQUESTS
     assert len({pid for pid, _ in results}) == PROCESSES

@@ -2,8 +2,9 @@
 
 Redis comes from ``APIFORGE_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) with a
 unique key prefix per test; it is never mocked. Tests that count commands or kill the server
-start their own ``redis-server`` on a spare port. An unreachable server or a missing binary
-skips with the reason, and fails under ``CI=true``.
+start their own ``redis-server`` on a spare port (the ``own_redis`` fixture of
+``tests/conftest.py``). An unreachable server or a missing binary skips with the reason, and
+fails under ``CI=true`` (``tests/redis_helpers.py``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +36,12 @@ from apiforge.ratelimit import (
     rate_limit_policy,
     retry_after,
 )
+from tests.redis_helpers import REDIS_URL, OwnRedis, delete_prefix, redis_or_skip
 
-REDIS_URL = os.environ.get("APIFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TABLE: dict[str, Any] = json.loads(
     (Path(__file__).parent / "vectors" / "gcra_table.json").read_text()
 )
 T0 = 1_000_000.0  # an injected start time, in seconds
-
-
-def unavailable(what: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{what}; CI=true requires every backend", pytrace=False)
-    pytest.skip(f"{what}; start it (or set APIFORGE_TEST_REDIS_URL) to run these tests")
-
-
-def redis_or_skip() -> redis.Redis:
-    probe = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        probe.ping()
-    except redis.RedisError as exc:
-        probe.close()
-        unavailable(f"Redis at {REDIS_URL} is unreachable ({type(exc).__name__})")
-    return probe
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -75,8 +56,7 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
         yield shared
     finally:
         await shared.aclose()
-        for key in probe.scan_iter(match=f"{prefix}*"):
-            probe.delete(key)
+        delete_prefix(probe, prefix)
         probe.close()
 
 
@@ -275,8 +255,7 @@ async def shared() -> AsyncIterator[tuple[RedisLimiter, redis.Redis]]:
         yield limiter, probe
     finally:
         await limiter.aclose()
-        for key in probe.scan_iter(match=f"{prefix}*"):
-            probe.delete(key)
+        delete_prefix(probe, prefix)
         probe.close()
 
 
@@ -324,68 +303,10 @@ async def test_hash_tag_puts_every_key_in_one_slot(
         assert len({key_slot(k) for k in keys}) == 1
     finally:
         await tagged.aclose()
-        for key in probe.scan_iter(match=f"{prefix}*"):
-            probe.delete(key)
+        delete_prefix(probe, prefix)
 
 
 # --- a private redis-server: command counts and faults ------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class OwnRedis:
-    """A throwaway ``redis-server`` on a spare port, no persistence."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            unavailable("redis-server is not installed")
-        self.binary = str(binary)
-        self.directory = directory
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        client.close()
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=5)
-            self.process = None
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 async def test_one_evalsha_per_check_and_nothing_else(own_redis: OwnRedis) -> None:
@@ -468,3 +389,28 @@ async def test_store_failure_and_fallback_round_trip(own_redis: OwnRedis) -> Non
             check.close()
     finally:
         await fallback.aclose()
+
+
+async def test_checks_pass_once_a_restarted_redis_answers_the_probe(own_redis: OwnRedis) -> None:
+    """What the layer and FallbackLimiter assume: a successful ping means checks work again.
+
+    Otherwise a recovery is followed by one more StoreError per dead pooled connection: the
+    layer switches down again (deny answers 503 another second, a second pair of events).
+    """
+    limiter = RedisLimiter.from_url(own_redis.url, "rl:", timeout=0.5, coalesce=False)
+    limit = Limit("route", rate=1000, period=3600.0, burst=1000)
+    who = Identities(route="r")
+    try:
+        # Four checks at once: four pooled connections, idle when the server dies.
+        await asyncio.gather(*(limiter.check_all([limit], who) for _ in range(4)))
+        own_redis.kill()
+        with pytest.raises(StoreError):
+            await limiter.check_all([limit], who)
+        own_redis.start()
+        await limiter.ping()  # the probe: Redis answers
+        results = await asyncio.gather(
+            *(limiter.check_all([limit], who) for _ in range(4)), return_exceptions=True
+        )
+        assert [type(result).__name__ for result in results] == ["Decision"] * 4
+    finally:
+        await limiter.aclose()

@@ -115,6 +115,9 @@ class RedisLimiter:
         """
         client: Redis = Redis.from_url(
             url,
+            # RESP2: with RESP3 redis-py skips its check for closed pooled connections, so
+            # after a Redis restart each stale connection fails one more check.
+            protocol=2,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),

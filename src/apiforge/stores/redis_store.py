@@ -49,7 +49,8 @@ class RedisStateStore:
     @classmethod
     def from_url(cls, url: str, prefix: str = "apiforge:") -> RedisStateStore:
         """Connect lazily to ``redis://`` or ``rediss://`` ``url``."""
-        client: Redis = Redis.from_url(url, decode_responses=True)
+        # RESP2: see RedisLimiter.from_url (stale pooled connections after a restart).
+        client: Redis = Redis.from_url(url, decode_responses=True, protocol=2)
         return cls(client, prefix=prefix)
 
     def _revoked_key(self, kind: str, item_id: str) -> str:
