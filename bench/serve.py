@@ -54,6 +54,7 @@ def build_config(args: argparse.Namespace) -> uvicorn.Config:
         log_level="warning",
         # uvicorn adds `server: uvicorn` below any middleware; production turns it off too.
         server_header=False,
+        proxy_headers=False,  # as apiforge.server runs it: trusted_proxies alone decides
         workers=1,
         ssl_certfile=args.certfile if tls else None,
         ssl_keyfile=args.keyfile if tls else None,

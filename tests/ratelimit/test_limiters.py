@@ -414,3 +414,34 @@ async def test_checks_pass_once_a_restarted_redis_answers_the_probe(own_redis: O
         assert [type(result).__name__ for result in results] == ["Decision"] * 4
     finally:
         await limiter.aclose()
+
+
+def test_memory_fast_path_decides_exactly_as_the_general_path() -> None:
+    """The inlined all-admitted GCRA path gives the numbers `decide` gives, state included."""
+    import random
+
+    from apiforge.ratelimit.limits import applicable as keys_of
+    from apiforge.ratelimit.limits import decide as general
+
+    rng = random.Random(7)
+    for _ in range(300):
+        limits = [Limit(rng.choice(["address", "user", "global"]), rng.randint(1, 50),
+                        rng.choice([1.0, 7.5, 60.0]), rng.randint(1, 20), name=f"l{n}")
+                  for n in range(rng.randint(1, 3))]
+        limits = [Limit(lim.scope, lim.rate, lim.period, lim.burst,
+                        rng.randint(1, lim.burst), name=lim.name) for lim in limits]
+        ids = Identities(address="192.0.2.1", user="u")
+        fast = MemoryLimiter()
+        now = 1000.0
+        for _ in range(rng.randint(1, 30)):
+            now += rng.choice([0.0, 0.001, 0.5, 3.0])
+            found = keys_of(limits, ids)
+            now_us = round(now * 1_000_000)
+            stored = [fast._states[k][1] if k in fast._states and fast._states[k][0] > now_us
+                      else None for _, k in found]
+            expected, writes = general(found, stored, now_us)
+            got = fast.check_all_sync(limits, ids, now)
+            assert got == expected
+            if expected.allowed:
+                for key, state, ttl in writes:
+                    assert fast._states[key] == (now_us + ttl, state)

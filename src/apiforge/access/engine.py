@@ -501,9 +501,11 @@ def _combine(a: _FieldPlan, b: _FieldPlan, absorbing: _Keep, neutral: _Keep) -> 
         return b
     if b is neutral:
         return a
-    assert isinstance(a, _Node) and isinstance(b, _Node)  # noqa: S101 - the cases above
+    if not (isinstance(a, _Node) and isinstance(b, _Node)):  # excluded by the cases above
+        raise TypeError("field plans must be nodes here")
     rest = _combine(a.rest, b.rest, absorbing, neutral)
-    assert isinstance(rest, _Keep)  # noqa: S101 - a combination of two _Keep
+    if not isinstance(rest, _Keep):  # a combination of two _Keep is a _Keep
+        raise TypeError("a field plan's rest must be a _Keep")
     children = {}
     for key in {**a.children, **b.children}:
         child = _combine(_child(a, key), _child(b, key), absorbing, neutral)

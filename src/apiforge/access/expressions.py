@@ -738,7 +738,8 @@ def _compile_call(node: _Call, scope: frozenset[str], depth: int) -> Evaluator:
                                   node.position)
         return _has(_compile(field.operand, scope, depth), field.field)
     if name in ("exists", "all"):
-        assert target is not None  # noqa: S101 - _METHODS holds only methods
+        if target is None:  # _METHODS holds only methods: unreachable
+            raise RuleSyntaxError(f"{name}() is called on a list", node.position)
         variable = node.args[0]
         if not isinstance(variable, _Ident):
             raise RuleSyntaxError(f"the first argument of {name}() is a variable name",

@@ -150,7 +150,8 @@ class TokenRuntime:
         if self.keyring is None or not self.keyring.reload_if_changed():
             return False
         provider = self.settings.provider
-        assert provider is not None  # noqa: S101 - a keyring exists only with a provider
+        if provider is None:  # a keyring exists only with a provider
+            return False
         self.verifier.replace_keys(provider.issuer, self._keyring_keys())
         return True
 

@@ -31,7 +31,13 @@ from apiforge.access.engine import Authorizer, Decision
 from apiforge.access.settings import RouteAuthorization
 from apiforge.core.context import RequestContext
 from apiforge.core.routing import RoutePlan
-from apiforge.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from apiforge.errors import (
+    ConfigurationError,
+    FieldError,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+)
 from apiforge.events import EventBus, make_event
 from apiforge.policy.models import Policy
 
@@ -42,6 +48,7 @@ ResourceLoader = Callable[
 """Loads the object a request acts on (library mode), or ``None`` when it does not exist."""
 
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_READS = frozenset({"GET", "HEAD"})
 _NOT_WRITABLE = "You may not write this field."
 _INTEGER_TYPES = ("integer",)
 
@@ -66,8 +73,6 @@ class AuthzLayer:
         self.enabled = policy.authorization.enabled
         unknown = sorted(set(self.loaders) - set(policy.routes))
         if unknown:
-            from apiforge.errors import ConfigurationError
-
             raise ConfigurationError(f"resource loaders for undeclared routes: {unknown}")
 
     def early_hook(self) -> None:
@@ -84,10 +89,16 @@ class AuthzLayer:
             if (plan.settings.auth or self.policy.authentication.default) != "none":
                 plan.request_hooks = (*plan.request_hooks, self._closed)
             return
-        plan.request_hooks = (*plan.request_hooks, self._checker(plan, authorize))
-        if authorize.check_response and authorize.resource is not None:
+        checked_after = (authorize.check_response and authorize.resource is not None)
+        if checked_after:
             plan.response_transforms = (*plan.response_transforms,
                                         self._response_check(authorize))
+        if checked_after and plan.method in _READS and plan.key not in self.loaders:
+            # A read whose answer is checked is decided on the object the app returns: the
+            # same decision, without loading the object twice. Nothing is changed by the
+            # app in between, so deciding after it runs gives nothing away.
+            return
+        plan.request_hooks = (*plan.request_hooks, self._checker(plan, authorize))
 
     def _closed(self, ctx: RequestContext, scope: Any) -> None:
         decision = Decision(False, "", "route", "deny", "the route names no permission")
@@ -138,15 +149,18 @@ class AuthzLayer:
                                     decided_by=decision.decided_by))
         if report:
             return
-        if visible:
-            raise Forbidden(reason=decision.decided_by)
-        raise NotFound(reason="not_visible")
+        error: Forbidden | NotFound = (Forbidden(reason=decision.decided_by) if visible
+                                       else NotFound(reason="not_visible"))
+        error.event = None  # logged above under its own name
+        raise error
 
     def _response_check(self, authorize: RouteAuthorization
                         ) -> Callable[[RequestContext, int, bytes], bytes]:
         resource_type = authorize.resource
-        assert resource_type is not None  # noqa: S101 - attached only with a resource type
+        if resource_type is None:  # attached only with a resource type
+            raise ConfigurationError("check_response needs authorize.resource")
         read = self.policy.authorization.resources[resource_type].read
+        permission = authorize.permission
         authorizer = self.authorizer
 
         def check_response(ctx: RequestContext, status: int, body: bytes) -> bytes:
@@ -158,12 +172,25 @@ class AuthzLayer:
                 return orjson.dumps(kept)
             if not isinstance(document, dict):
                 return body
-            if not authorizer.can_see(principal, resource_type, document):
-                decision = Decision(False, read, "response", "deny",
-                                    "the answer holds an object the caller may not read")
-                self._refuse(ctx, decision, visible=False)
+            decision = ctx.decision
+            if decision is None or ctx.method in _READS:
+                # Decided here on the object itself (or checked again: the app may have
+                # answered with another object than the one decided on, a BOLA slip).
+                decision = authorizer.decide(principal, permission, document)
+                ctx.decision = decision
+            if not decision.allowed:
+                visible = permission != read and authorizer.can_see(principal, resource_type,
+                                                                    document)
+                self._refuse(ctx, decision, visible=visible)
                 return body  # report mode
-            return orjson.dumps(authorizer.readable(principal, resource_type, document))
+            if permission != read and not authorizer.can_see(principal, resource_type,
+                                                             document):
+                self._refuse(ctx, Decision(False, read, "response", "deny",
+                                           "the answer holds an object the caller may not"
+                                           " read"), visible=False)
+                return body  # report mode
+            filtered = authorizer.readable(principal, resource_type, document)
+            return body if filtered == document else orjson.dumps(filtered)
 
         return check_response
 
