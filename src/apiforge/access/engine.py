@@ -263,6 +263,10 @@ class Authorizer:
         return _project_object(self._field_plan(self._view(principal), resource_type, "read"),
                                document)
 
+    def reads_all(self, principal: Principal | Mapping[str, Any], resource_type: str) -> bool:
+        """Whether :meth:`readable` keeps every field for this principal (nothing to filter)."""
+        return self._field_plan(self._view(principal), resource_type, "read") is ALL
+
     def unwritable(
         self,
         principal: Principal | Mapping[str, Any],

@@ -382,7 +382,7 @@ class Pipeline:
             response.held = None
             if start is None:  # release() runs only while an answer is held
                 return
-            body = b"".join(held)
+            body = original = b"".join(held)
             try:
                 for transform in transforms:
                     body = transform(ctx, start["status"], body)
@@ -393,11 +393,12 @@ class Pipeline:
                                  extra={"request_id": ctx.request_id})
                 failed = InternalError(reason="response_check_exception")
             else:
-                start["headers"] = [
-                    (name, str(len(body)).encode("ascii") if name == b"content-length"
-                     else value)
-                    for name, value in start["headers"]
-                ]
+                if body is not original:
+                    start["headers"] = [
+                        (name, str(len(body)).encode("ascii") if name == b"content-length"
+                         else value)
+                        for name, value in start["headers"]
+                    ]
                 response.started = True
                 await send(start)
                 await send({"type": "http.response.body", "body": b"" if head else body})

@@ -189,8 +189,9 @@ class AuthzLayer:
                                            "the answer holds an object the caller may not"
                                            " read"), visible=False)
                 return body  # report mode
-            filtered = authorizer.readable(principal, resource_type, document)
-            return body if filtered == document else orjson.dumps(filtered)
+            if authorizer.reads_all(principal, resource_type):
+                return body  # the answer leaves as the app wrote it
+            return orjson.dumps(authorizer.readable(principal, resource_type, document))
 
         return check_response
 

@@ -21,10 +21,10 @@ from apiforge.ratelimit.limits import (
     Identities,
     Limit,
     State,
+    Verdict,
     applicable,
     combine,
     decide,
-    verdict,
 )
 
 __all__ = ["MemoryLimiter"]
@@ -102,13 +102,23 @@ class MemoryLimiter:
                 return None  # refused: the general path reports it
             new_tats.append(new_tat)
         verdicts = []
+        binding: Verdict | None = None
         for (limit, key), new_tat in zip(found, new_tats, strict=True):
             idle_in = new_tat - now_us
             states[key] = (new_tat, new_tat)
             remaining = (limit.tolerance - idle_in) // limit.emission
-            verdicts.append(verdict(limit, key, True, remaining if remaining > 0 else 0,
-                                    idle_in, 0))
-        return combine(verdicts)
+            admitted = Verdict(limit, key, True, remaining if remaining > 0 else 0,
+                               idle_in / _MICROS, 0.0)
+            verdicts.append(admitted)
+            # combine()'s choice: the fewest remaining, then the longest reset, then the first.
+            if binding is None or admitted.remaining < binding.remaining or (
+                    admitted.remaining == binding.remaining
+                    and admitted.reset_after > binding.reset_after):
+                binding = admitted
+        if binding is None:
+            return combine(verdicts)  # no limit applies
+        return Decision(True, binding.remaining, binding.reset_after, 0.0, tuple(verdicts),
+                        binding)
 
     async def check_all(
         self, limits: Sequence[Limit], identities: Identities, now: float | None = None
