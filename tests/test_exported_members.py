@@ -9,7 +9,7 @@ def test_top_level_exports() -> None:
     assert sorted(apiforge.__all__) == sorted([
         "ApiError", "ApiForgeError", "ConfigurationError", "FieldError", "Policy", "Principal",
         "RequestContext", "StoreError", "ValidationFailed", "__version__", "get_context",
-        "load_policy", "protect", "verify_token",
+        "load_policy", "protect", "verify_token", "authorize", "require", "requires",
     ])
     for name in apiforge.__all__:
         assert hasattr(apiforge, name), name

@@ -3,6 +3,7 @@
 ``apiforge.protect(app, policy)`` wraps an ASGI app in every layer the policy names.
 """
 
+from apiforge.authorization import authorize, require, requires
 from apiforge.core.context import Principal, RequestContext, get_context
 from apiforge.errors import (
     ApiError,
@@ -29,8 +30,11 @@ __all__ = [
     "StoreError",
     "ValidationFailed",
     "__version__",
+    "authorize",
     "get_context",
     "load_policy",
     "protect",
+    "require",
+    "requires",
     "verify_token",
 ]

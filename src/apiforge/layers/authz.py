@@ -29,6 +29,7 @@ import orjson
 
 from apiforge.access.engine import Authorizer, Decision
 from apiforge.access.settings import RouteAuthorization
+from apiforge.authorization import current_authorizer, typed_path_params
 from apiforge.core.context import RequestContext
 from apiforge.core.routing import RoutePlan
 from apiforge.errors import (
@@ -50,7 +51,6 @@ ResourceLoader = Callable[
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _READS = frozenset({"GET", "HEAD"})
 _NOT_WRITABLE = "You may not write this field."
-_INTEGER_TYPES = ("integer",)
 
 
 class AuthzLayer:
@@ -75,8 +75,16 @@ class AuthzLayer:
         if unknown:
             raise ConfigurationError(f"resource loaders for undeclared routes: {unknown}")
 
-    def early_hook(self) -> None:
-        return None
+    def early_hook(self) -> Callable[[RequestContext, Any], None] | None:
+        if not self.enabled:
+            return None
+        authorizer = self.authorizer
+
+        def offer_authorizer(ctx: RequestContext, scope: Any) -> None:
+            # For authorize()/require() inside the app: the same policy and engine.
+            current_authorizer.set(authorizer)
+
+        return offer_authorizer
 
     def response_hook(self) -> None:
         return None
@@ -109,7 +117,6 @@ class AuthzLayer:
         loader = self.loaders.get(plan.key)
         permission = authorize.permission
         resource_type = authorize.resource
-        path_types = _path_types(plan)
         authorizer = self.authorizer
 
         def decide(ctx: RequestContext, resource: Mapping[str, Any] | None) -> None:
@@ -126,7 +133,7 @@ class AuthzLayer:
 
         if loader is None:
             def check_params(ctx: RequestContext, scope: Any) -> None:
-                decide(ctx, _typed(ctx.path_params, path_types))
+                decide(ctx, typed_path_params(plan, ctx.path_params))
 
             return check_params
 
@@ -255,20 +262,3 @@ def _loads(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None  # not JSON: the validation layer or the app refuses it
-
-
-def _path_types(plan: RoutePlan) -> dict[str, Any]:
-    params = plan.settings.params
-    return {name: schema.get("type") for name, schema in (params.path if params else {}).items()}
-
-
-def _typed(params: Mapping[str, str], types: Mapping[str, Any]) -> dict[str, Any]:
-    # Rules compare without conversion, so an `integer` path parameter is an int here, as
-    # the validation layer reads it.
-    typed: dict[str, Any] = {}
-    for name, text in params.items():
-        if types.get(name) in _INTEGER_TYPES and text.isascii() and text.isdigit():
-            typed[name] = int(text)
-        else:
-            typed[name] = text
-    return typed
