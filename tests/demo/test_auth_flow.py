@@ -18,11 +18,11 @@ from apiforge.identity.totp import totp_code
 
 
 class Demo:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, policy: Any = None) -> None:
         self.sink = MemorySink()
         self.bus = EventBus([self.sink])
         self.bus.start()
-        self.app = protected_demo_app(data_dir, events=self.bus)
+        self.app = protected_demo_app(data_dir, policy, events=self.bus)
         self.credentials = json.loads((data_dir / "demo-credentials.json").read_text())
         self.key = self.credentials["api_key"]
 
