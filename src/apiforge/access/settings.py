@@ -201,7 +201,43 @@ class AuthorizationSettings(PolicyModel):
     decision for a permission: (1) a `deny` rule that applies and whose condition is true, or
     cannot be evaluated, denies; (2) otherwise a role of the principal that grants it
     (unconditionally, or with a true condition), or an `allow` rule that applies and whose
-    condition is true, allows; (3) otherwise it is denied. See docs/authorization.md."""
+    condition is true, allows; (3) otherwise it is denied. See docs/authorization.md.
+
+    A worked example (the demo's): users read and update their own profile only, support
+    reads every profile but never its email or age, admins update anyone and suspend anyone
+    but themselves:
+
+    ```yaml
+    authorization:
+      roles:
+        user:
+          permissions:
+            - {permission: "users:read", when: "resource.username == principal.username"}
+            - {permission: "users:update", when: "resource.username == principal.username"}
+        support: {inherits: [user], permissions: ["users:read"]}
+        admin: {inherits: [support], permissions: ["users:update", "users:suspend"]}
+      rules:
+        - name: no-self-suspension
+          effect: deny                       # a deny rule wins over every grant
+          permissions: ["users:suspend"]
+          when: "resource.username == principal.username"
+      resources:
+        user:
+          read: "users:read"                 # who may not read it gets 404, not 403
+          fields:
+            support: {read: {deny: [email, age]}}
+            user: {write: {allow: [email, age, bio]}}
+    routes:
+      "GET /v1/users/{id}":
+        auth: both
+        authorize: {permission: "users:read", resource: user, check_response: true}
+      "POST /v1/users/{id}/suspend":
+        auth: both
+        authorize: {permission: "users:suspend", resource: user}
+    ```
+
+    `apiforge policy explain --as role:support GET /v1/users/1` prints what decides, and
+    `apiforge policy test` checks a table of expected decisions."""
 
     mode: Literal["enforce", "report"] = "enforce"
     """`enforce` refuses what is denied; `report` lets everything through and logs the

@@ -6,6 +6,7 @@ committed file differs from what this module renders.
 
 from __future__ import annotations
 
+import inspect
 import types
 import typing
 from typing import Any
@@ -48,7 +49,7 @@ def render_reference() -> str:
 def _render_model(
     where: str, model: type[BaseModel], queue: list[tuple[str, type[BaseModel]]]
 ) -> str:
-    doc = (model.__doc__ or "").strip()
+    doc = inspect.cleandoc(model.__doc__ or "")
     lines = [f"## `{model.__name__}` — {where}", "", doc, ""]
     for name, info in model.model_fields.items():
         key = info.alias or name
