@@ -287,3 +287,17 @@ def test_keys_made_and_revoked_by_the_cli_reach_the_running_demo(demo: Demo) -> 
     listing = keys("list")
     assert key.split("_")[2][:6] in listing  # its id is listed...
     assert key.rsplit("_", 1)[1][:8] not in listing  # ...never its secret
+
+
+def test_rate_limited_answers_carry_every_header(demo: Demo) -> None:
+    assert demo.token  # the test's own token, fetched before the token route's budget is spent
+    with demo.client(with_key=False) as c:
+        answers = [c.post("/v1/auth/token", data={"grant_type": "password",
+                                                   "username": "nobody", "password": "x"})
+                   for _ in range(12)]
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited, [a.status_code for a in answers]
+    for answer in limited[:2]:
+        assert_protected(answer)
+        assert int(answer.headers["retry-after"]) >= 1
+        assert answer.headers["ratelimit-policy"].startswith('"login-per-address"')
