@@ -10,10 +10,12 @@ testing nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -23,7 +25,7 @@ from sqlalchemy import Engine
 from apiforge.stores.memory import MemoryRecordStore, MemoryStateStore
 from apiforge.stores.migrations import upgrade
 from apiforge.stores.redis_store import RedisStateStore
-from apiforge.stores.sql import SqlRecordStore, create_sql_engine
+from apiforge.stores.sql import SqlRecordStore, SqlRefreshStore, create_sql_engine
 from tests.redis_helpers import REDIS_URL, delete_prefix, redis_or_skip, unavailable
 
 DATABASE_URL = os.environ.get(
@@ -34,24 +36,15 @@ RecordStore = MemoryRecordStore | SqlRecordStore
 StateBackend = MemoryStateStore | RedisStateStore
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def record_backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[[], RecordStore]]:
-    """A factory of record-store handles that all see the same data.
-
-    Memory has one handle per process (the same object); SQL backends open a new engine on the
-    same database each time, as a second process would.
+@contextlib.contextmanager
+def migrated_database(kind: str, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
+    """A migrated database of ``kind`` (``sqlite``: a file under ``tmp_path``; ``postgresql``:
+    a fresh schema, dropped afterwards); yields a factory of engines on it, one per "process".
     """
-    kind: str = request.param
-    if kind == "memory":
-        store = MemoryRecordStore()
-        yield lambda: store
-        return
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'records.db'}"
         upgrade(url)
-        yield from _sql_handles(lambda: create_sql_engine(url))
+        yield lambda: create_sql_engine(url)
         return
     schema = f"t_{uuid.uuid4().hex}"
     try:
@@ -68,16 +61,22 @@ def record_backend(
             engine = create_sql_engine(DATABASE_URL, schema=schema)
             upgrade(engine)
             engine.dispose()
-            yield from _sql_handles(lambda: create_sql_engine(DATABASE_URL, schema=schema))
+            yield lambda: create_sql_engine(DATABASE_URL, schema=schema)
         finally:
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
-def _sql_handles(engine: Callable[[], Engine]) -> Iterator[Callable[[], RecordStore]]:
-    opened: list[SqlRecordStore] = []
+Closable = TypeVar("Closable", bound=SqlRecordStore | SqlRefreshStore)
 
-    def open_store() -> RecordStore:
-        opened.append(SqlRecordStore(engine()))
+
+def store_handles(
+    engine: Callable[[], Engine], make: Callable[[Engine], Closable]
+) -> Iterator[Callable[[], Closable]]:
+    """A factory of stores, each on its own engine; all closed afterwards."""
+    opened: list[Closable] = []
+
+    def open_store() -> Closable:
+        opened.append(make(engine()))
         return opened[-1]
 
     try:
@@ -85,6 +84,24 @@ def _sql_handles(engine: Callable[[], Engine]) -> Iterator[Callable[[], RecordSt
     finally:
         for store in opened:
             store.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def record_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], RecordStore]]:
+    """A factory of record-store handles that all see the same data.
+
+    Memory has one handle per process (the same object); SQL backends open a new engine on the
+    same database each time, as a second process would.
+    """
+    kind: str = request.param
+    if kind == "memory":
+        store = MemoryRecordStore()
+        yield lambda: store
+        return
+    with migrated_database(kind, tmp_path) as engine:
+        yield from store_handles(engine, SqlRecordStore)
 
 
 @pytest.fixture

@@ -9,27 +9,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psycopg
 import pytest
 from alembic import command
-from psycopg import sql
-from sqlalchemy import Engine
 
 from apiforge.errors import ConfigurationError
 from apiforge.identity import Account
 from apiforge.identity.refresh import RefreshFamily, RefreshTokenRefused, RefreshTokens
 from apiforge.stores import open_refresh_store
 from apiforge.stores.memory import MemoryRecordStore, MemoryRefreshStore
-from apiforge.stores.migrations import alembic_config, upgrade
-from apiforge.stores.sql import SqlRecordStore, SqlRefreshStore, create_sql_engine
-from tests.contract.conftest import DATABASE_URL, unavailable
+from apiforge.stores.migrations import alembic_config
+from apiforge.stores.sql import SqlRecordStore, SqlRefreshStore
+from tests.contract.conftest import migrated_database, store_handles
 
 RefreshBackend = MemoryRefreshStore | SqlRefreshStore
 RecordStore = MemoryRecordStore | SqlRecordStore
@@ -48,43 +44,8 @@ def refresh_backend(
         memory = MemoryRefreshStore()
         yield lambda: memory
         return
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'refresh.db'}"
-        upgrade(url)
-        yield from _handles(lambda: create_sql_engine(url))
-        return
-    schema = f"t_{uuid.uuid4().hex}"
-    try:
-        admin = psycopg.connect(
-            DATABASE_URL.replace("postgresql+psycopg://", "postgresql://"),
-            autocommit=True,
-            connect_timeout=3,
-        )
-    except psycopg.OperationalError as exc:
-        unavailable("PostgreSQL", exc)
-    with admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        try:
-            engine = create_sql_engine(DATABASE_URL, schema=schema)
-            upgrade(engine)
-            engine.dispose()
-            yield from _handles(lambda: create_sql_engine(DATABASE_URL, schema=schema))
-        finally:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
-def _handles(engine: Callable[[], Engine]) -> Iterator[Callable[[], RefreshBackend]]:
-    opened: list[SqlRefreshStore] = []
-
-    def open_store() -> RefreshBackend:
-        opened.append(SqlRefreshStore(engine()))
-        return opened[-1]
-
-    try:
-        yield open_store
-    finally:
-        for store in opened:
-            store.close()
+    with migrated_database(kind, tmp_path) as engine:
+        yield from store_handles(engine, SqlRefreshStore)
 
 
 @pytest.fixture
