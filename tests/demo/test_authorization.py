@@ -130,3 +130,16 @@ async def test_lists_are_filtered_per_caller(demo: Demo) -> None:
         sam = await login(demo, c, "sam")
         everyone = (await sam.get("/v1/users")).json()
         assert len(everyone) == 4 and all("email" not in u for u in everyone)
+
+
+async def test_a_caller_without_any_grant_never_reaches_a_read(demo: Demo) -> None:
+    """A role with no grant of the route's permission is refused before the app runs."""
+    from apiforge.access import Authorizer
+    from apiforge.core.context import Principal
+    from apiforge.demo import load_demo_policy
+
+    authorizer = Authorizer(load_demo_policy().authorization)
+    stranger = Principal(user="acc_x", roles=frozenset({"guest"}), username="x")
+    assert authorizer.never(stranger, "users:read") is not None
+    assert authorizer.never(Principal(roles=frozenset({"user"})), "users:read") is None
+    assert authorizer.never(Principal(roles=frozenset({"support"})), "users:read") is None

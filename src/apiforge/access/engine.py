@@ -263,6 +263,14 @@ class Authorizer:
         return _project_object(self._field_plan(self._view(principal), resource_type, "read"),
                                document)
 
+    def never(self, principal: Principal | Mapping[str, Any], permission: str) -> Decision | None:
+        """The refusal when nothing could ever grant ``permission`` to this principal, whatever
+        the object (no grant or allow rule of its roles names it, or an unconditional deny
+        rule applies); ``None`` when the answer depends on the object. A set lookup."""
+        plan = self._plan(self._view(principal), permission)
+        fixed = plan.fixed
+        return fixed if fixed is not None and not fixed.allowed else None
+
     def reads_all(self, principal: Principal | Mapping[str, Any], resource_type: str) -> bool:
         """Whether :meth:`readable` keeps every field for this principal (nothing to filter)."""
         return self._field_plan(self._view(principal), resource_type, "read") is ALL

@@ -102,11 +102,27 @@ class AuthzLayer:
             plan.response_transforms = (*plan.response_transforms,
                                         self._response_check(authorize))
         if checked_after and plan.method in _READS and plan.key not in self.loaders:
-            # A read whose answer is checked is decided on the object the app returns: the
-            # same decision, without loading the object twice. Nothing is changed by the
-            # app in between, so deciding after it runs gives nothing away.
+            # A read whose answer is checked is decided on the object the app returns, without
+            # loading it twice (a read changes nothing meanwhile). A caller whom nothing could
+            # ever grant the permission is still refused before the app runs.
+            plan.request_hooks = (*plan.request_hooks, self._endpoint_check(authorize))
             return
         plan.request_hooks = (*plan.request_hooks, self._checker(plan, authorize))
+
+    def _endpoint_check(self, authorize: RouteAuthorization
+                        ) -> Callable[[RequestContext, Any], None]:
+        permission = authorize.permission
+        authorizer = self.authorizer
+
+        def check_endpoint(ctx: RequestContext, scope: Any) -> None:
+            principal = ctx.principal
+            refusal = authorizer.never(principal if principal is not None else _ANONYMOUS,
+                                       permission)
+            if refusal is not None:
+                ctx.decision = refusal
+                self._refuse(ctx, refusal, visible=True)
+
+        return check_endpoint
 
     def _closed(self, ctx: RequestContext, scope: Any) -> None:
         decision = Decision(False, "", "route", "deny", "the route names no permission")
