@@ -430,6 +430,26 @@ class TokenVerifier:
             keys = self._static_candidates(checked)
         return self._finish(checked, keys, now)
 
+    def verify_cached(
+        self, token: str, *, now: float | None = None, audience: str | None = None
+    ) -> VerifiedToken | None:
+        """The token if it is in the verified-token cache and still valid; ``None`` otherwise.
+
+        The synchronous fast path of :meth:`verify` for a token seen before: no coroutine, no
+        signature. ``None`` means "verify it fully"; a cached token that is no longer valid
+        here (expired, wrong audience for this route) raises ``InvalidToken`` as ``verify``
+        would.
+        """
+        if self._cache is None or not isinstance(token, str) or not token.isascii():
+            return None
+        if len(token) > self._max_bytes:
+            return None  # verify() refuses it with its own reason
+        now = _now(now)
+        hit = self._cache.get(hashlib.sha256(token.encode("ascii")).digest(), now=now)
+        if hit is not None:
+            self._recheck(hit, now, audience)
+        return hit
+
     def replace_keys(self, issuer: str, keys: KeySet) -> None:
         """Swap the static keys of ``issuer`` (its keyring rotated).
 

@@ -20,6 +20,7 @@ cannot be had is a 503, not a 401: the client's token may be fine.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 from apiforge.core.context import Principal, RequestContext
@@ -83,16 +84,34 @@ class BearerLayer:
         audience = token.audience if token is not None else None
         scopes = frozenset(token.scopes) if token is not None else frozenset()
         runtime = self.runtime
+        verifier = self.runtime.tokens.verifier
+        revoked = self.runtime.tokens.revoked
 
-        async def check(ctx: RequestContext, scope: Any) -> None:
+        def check(ctx: RequestContext, scope: Any) -> Awaitable[None] | None:
             if not runtime.ready:
-                await runtime.start()
-            await self._verify(runtime, ctx, audience, scopes)
+                return self._start_then_verify(runtime, ctx, audience, scopes)
+            # A token seen before is decided without a coroutine; others verify fully.
+            token = self._token(ctx)
+            try:
+                verified = verifier.verify_cached(token, audience=audience)
+            except InvalidToken as refused:
+                self._fail(ctx, refused.reason)
+            if verified is None:
+                return self._verify(runtime, ctx, token, audience, scopes)
+            if verified.jti is not None and verified.jti in revoked:
+                self._fail(ctx, "token_revoked")
+            self._admit(runtime, ctx, verified, scopes)
+            return None
 
         plan.request_hooks = (*plan.request_hooks, check)
 
-    async def _verify(self, runtime: IdentityRuntime, ctx: RequestContext, audience: str | None,
-                      scopes: frozenset[str]) -> None:
+    async def _start_then_verify(self, runtime: IdentityRuntime, ctx: RequestContext,
+                                 audience: str | None, scopes: frozenset[str]) -> None:
+        await runtime.start()
+        await self._verify(runtime, ctx, self._token(ctx), audience, scopes)
+
+    def _token(self, ctx: RequestContext) -> str:
+        """The bearer token of the request; the cheap refusals first."""
         self.guard.check(ctx.client)
         authorization = ctx.headers.get(b"authorization")
         if authorization is None or authorization[:7].lower() != _BEARER:
@@ -100,13 +119,17 @@ class BearerLayer:
         raw = authorization[7:].strip()
         if len(raw) > MAX_TOKEN_BYTES:
             self._fail(ctx, "too_large")
+        return raw.decode("latin-1")
+
+    async def _verify(self, runtime: IdentityRuntime, ctx: RequestContext, token: str,
+                      audience: str | None, scopes: frozenset[str]) -> None:
         tokens = runtime.tokens
         if tokens is None:  # attach() refuses such a route; deny if it ever runs
             raise ConfigurationError("bearer tokens are not configured")
         verifier = tokens.verifier
         checks_before = verifier.signature_checks
         try:
-            verified = await verifier.verify(raw.decode("latin-1"), audience=audience)
+            verified = await verifier.verify(token, audience=audience)
         except InvalidToken as refused:
             self._fail(ctx, refused.reason)
         except JwksUnavailable:
@@ -124,6 +147,11 @@ class BearerLayer:
                     runtime.stores.state.is_revoked(REVOKED_TOKEN_TOPIC, jti)):
                 tokens.revoked.add(jti)
                 self._fail(ctx, "token_revoked")
+        self._admit(runtime, ctx, verified, scopes)
+
+    def _admit(self, runtime: IdentityRuntime, ctx: RequestContext, verified: VerifiedToken,
+               scopes: frozenset[str]) -> None:
+        """The account and scope checks of a verified token, then the principal."""
         account = runtime.accounts.get(verified.subject)
         if account is None:
             self._fail(ctx, "unknown_account")
