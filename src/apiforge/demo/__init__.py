@@ -75,16 +75,19 @@ def protected_demo_app(
     asyncio.run(bootstrap())
     bus = events if events is not None else event_bus(resolved.events)
     identity = IdentityRuntime(resolved.authentication)
-    holder: list[Any] = []
     if app is None:
-        service = _token_service(resolved, identity)
-        routes = auth_routes(service, _guessing_backoff(resolved), identity.accounts,
-                             lambda: holder[0].state.users, bus, identity.start,
+        # The provider's routes live in the demo app and read its repository: the app is made
+        # with them, and they reach the repository through it once it exists.
+        made: list[Any] = []
+
+        def users() -> Any:
+            return made[0].state.users
+
+        routes = auth_routes(_token_service(resolved, identity), _guessing_backoff(resolved),
+                             identity.accounts, users, bus, identity.start,
                              identity.refresher.poll_once)
-        holder.append(create_app(data_dir, extra_routes=routes))
-    if app is None:
-        app = holder[0]
-        resources = _resource_loaders(lambda: holder[0].state.users)
+        made.append(create_app(data_dir, extra_routes=routes))
+        app, resources = made[0], _resource_loaders(users)
     else:  # another app over the same data: the rules still see the stored profiles
         resources = _resource_loaders(_own_repository(data_dir))
     pipeline = protect(app, resolved, events=bus, identity=identity,

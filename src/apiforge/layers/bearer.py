@@ -80,9 +80,9 @@ class BearerLayer:
                 f"routes.{plan.key}.auth requires a bearer token, but no issuer is trusted:"
                 " configure authentication.tokens.issuers or authentication.tokens.provider"
             )
-        token = plan.settings.token
-        audience = token.audience if token is not None else None
-        scopes = frozenset(token.scopes) if token is not None else frozenset()
+        wanted = plan.settings.token
+        audience = wanted.audience if wanted is not None else None
+        scopes = frozenset(wanted.scopes) if wanted is not None else frozenset()
         runtime = self.runtime
         verifier = self.runtime.tokens.verifier
         revoked = self.runtime.tokens.revoked
