@@ -197,3 +197,30 @@ async def test_admin_suspends_a_user_whose_tokens_stop_at_once(demo: Demo) -> No
         again = await c.post("/v1/auth/refresh", data={"refresh_token": bob["refresh_token"]})
         assert again.status_code == 401
         assert (await demo.grant(c, "bob")).status_code == 401
+
+
+@pytest.fixture
+def dead_store_demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """The demo with its counters on a Redis nobody runs, the token route's limit allowing."""
+    import socket
+
+    import yaml
+
+    from apiforge.demo import DEMO_POLICY_PATH
+    from apiforge.policy import load_policy
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    document = yaml.safe_load(DEMO_POLICY_PATH.read_text())
+    document["rate_limits"]["store"] = dead
+    document["routes"]["POST /v1/auth/token"]["rate_limits"]["on_store_error"] = "allow"
+    return Demo(tmp_path_factory.mktemp("dead-store"), load_policy(document))
+
+
+async def test_an_unreachable_backoff_store_refuses_the_login(dead_store_demo: Demo) -> None:
+    async with dead_store_demo.client("10.8.0.1") as c:
+        refused = await dead_store_demo.grant(c, "alice")
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "backoff_store_unavailable"
+    assert refused.headers["retry-after"] == "1"

@@ -18,6 +18,8 @@ DOCS = {1: {"id": 1, "owner": "ann", "secret": "s1"}, 2: {"id": 2, "owner": "bo"
 
 
 async def doc(request: Request) -> JSONResponse:
+    if request.path_params["id"] == "3":
+        return JSONResponse("s3")  # an answer that is not an object
     found = DOCS.get(int(request.path_params["id"]))
     if request.method == "DELETE":
         DOCS.pop(int(request.path_params["id"]), None)
@@ -125,3 +127,14 @@ async def test_report_mode_lets_everything_through_and_logs() -> None:
     app.events.flush()
     reported = events(sink, "malicious_direct_reference") + events(sink, "authz_fail")
     assert len(reported) >= 2 and all(e["outcome"] == "report" for e in reported)
+
+
+async def test_what_the_checks_cannot_read_is_refused() -> None:
+    app, _ = build()
+    async with client(app) as c:
+        scalar = await c.get("/docs/3")
+        assert scalar.status_code == 500 and b"s3" not in scalar.content
+        unreadable = await c.request("DELETE", "/docs/1", content=b'{"id": NaN}',
+                                     headers={"content-type": "application/json"})
+        assert unreadable.status_code == 400 and unreadable.json()["code"] == "malformed_json"
+        assert 1 in DOCS

@@ -190,8 +190,7 @@ class Authorizer:
         plan = self._plan(self._view(principal), permission)
         if plan.fixed is not None:
             return plan.fixed
-        activation = {"principal": _attributes(principal), "resource": resource or _EMPTY,
-                      "request": request or _EMPTY, "env": env or _EMPTY}
+        activation = _activation(principal, resource, request, env)
         for condition, decision in plan.denies:
             if condition is None:
                 return decision
@@ -305,8 +304,7 @@ class Authorizer:
         For explanations, not for the request path: it evaluates everything.
         """
         decision = self.decide(principal, permission, resource, request, env)
-        activation = {"principal": _attributes(principal), "resource": resource or _EMPTY,
-                      "request": request or _EMPTY, "env": env or _EMPTY}
+        activation = _activation(principal, resource, request, env)
         view = self._view(principal)
         steps: list[str] = []
         for rule in self._rules:
@@ -457,6 +455,14 @@ def _failed_deny(decision: Decision, problem: str) -> Decision:
     return Decision(False, decision.permission, decision.decided_by, "deny",
                     f"{decision.decided_by.removeprefix('rule:')} could not be evaluated"
                     f" ({problem}); denied (fail closed)")
+
+
+def _activation(principal: Principal | Mapping[str, Any], resource: Mapping[str, Any] | None,
+                request: Mapping[str, Any] | None, env: Mapping[str, Any] | None
+                ) -> dict[str, Any]:
+    """What a rule's variables are bound to; an absent part is an empty object."""
+    return {"principal": _attributes(principal), "resource": resource or _EMPTY,
+            "request": request or _EMPTY, "env": env or _EMPTY}
 
 
 def _attributes(principal: Principal | Mapping[str, Any]) -> Mapping[str, Any]:

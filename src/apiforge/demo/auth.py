@@ -33,6 +33,7 @@ from apiforge.errors import (
     BadRequest,
     Forbidden,
     NotFound,
+    ServiceUnavailable,
     StoreError,
     TooManyRequests,
     Unauthorized,
@@ -138,7 +139,11 @@ def auth_routes(
         try:
             wait = await backoff.wait(username, address)
         except StoreError:
-            wait = 0.0  # the per-address limit of this route still applies
+            # Fail closed: without the back-off's answer a guess would go unthrottled.
+            raise ServiceUnavailable("backoff_store_unavailable",
+                                     "Logins cannot be checked right now; retry shortly.",
+                                     headers=(("retry-after", "1"),),
+                                     reason="backoff_store_down") from None
         if wait > 0:
             emit(request, "authn_login_fail_max", reason="backoff")
             value = retry_after(wait)

@@ -33,9 +33,11 @@ from apiforge.authorization import current_authorizer, typed_path_params
 from apiforge.core.context import RequestContext
 from apiforge.core.routing import RoutePlan
 from apiforge.errors import (
+    BadRequest,
     ConfigurationError,
     FieldError,
     Forbidden,
+    InternalError,
     NotFound,
     ValidationFailed,
 )
@@ -194,7 +196,8 @@ class AuthzLayer:
                                               [d for d in document if isinstance(d, dict)])
                 return orjson.dumps(kept)
             if not isinstance(document, dict):
-                return body
+                # Fail closed: an answer the check cannot read as objects is not sent.
+                raise InternalError(reason="response_not_checkable")
             decision = ctx.decision
             if decision is None or ctx.method in _READS:
                 # Decided here on the object itself (or checked again: the app may have
@@ -277,4 +280,6 @@ def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None  # not JSON: the validation layer or the app refuses it
+        # Fail closed: a lenient parser in the app could read fields this check never saw.
+        raise BadRequest("malformed_json", "The body is not valid JSON.",
+                         reason="field_check_unreadable") from None

@@ -89,7 +89,6 @@ def _sentinel_limiter(client: Any, sentinel: Any, settings: RateLimitSettings) -
 
 @dataclass(frozen=True, slots=True)
 class _RoutePlan:
-    key: str
     limits: tuple[Limit, ...]
     on_store_error: OnStoreError
     report: bool
@@ -158,14 +157,12 @@ class RateLimitLayer:
         if self.settings.headers:
             header = (b"ratelimit-policy", rate_limit_policy(limits).encode("ascii"))
         route = _RoutePlan(
-            plan.key,
             limits,
             (own.on_store_error if own is not None and own.on_store_error else
              self.settings.on_store_error),
             ((own.mode if own is not None and own.mode else self.settings.mode) == "report"),
             header,
         )
-        plan.extra["ratelimit"] = route
         if isinstance(self.limiter, MemoryLimiter):
             memory = self.limiter
 
