@@ -212,8 +212,8 @@ async def test_headers_follow_the_draft() -> None:
     assert rate_limit_policy([user, window]) == '"user";q=10;w=60, "route";q=100;w=60'
     memory = MemoryLimiter()
     decision = await memory.check_all([user], Identities(user="u"), now=T0 + 0.5)
-    assert rate_limit(decision) == '"user";r=9;t=6'
-    assert rate_limit(await memory.check_all([], Identities(), now=T0)) is None
+    assert rate_limit(decision.binding) == '"user";r=9;t=6'
+    assert rate_limit((await memory.check_all([], Identities(), now=T0)).binding) is None
     assert retry_after(0.2) == "1"
     assert retry_after(1.0) == "1"
     assert retry_after(1.0001) == "2"

@@ -467,9 +467,7 @@ def _activation(principal: Principal | Mapping[str, Any], resource: Mapping[str,
 
 def _attributes(principal: Principal | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(principal, Principal):
-        return {"application": principal.application, "user": principal.user,
-                "user_id": principal.user, "username": principal.username,
-                "roles": principal.roles, "scopes": principal.scopes}
+        return principal.attributes
     return principal
 
 

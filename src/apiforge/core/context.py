@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +30,15 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     username: str | None = None
     """The user's login name, for apps that key their data by name."""
+    attributes: Mapping[str, Any] = field(init=False, repr=False, compare=False)
+    """What authorization rules read as ``principal``, built once per principal: layers
+    keep one ``Principal`` per credential, so rules do not rebuild it per request."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attributes", MappingProxyType({
+            "application": self.application, "user": self.user, "user_id": self.user,
+            "username": self.username, "roles": self.roles, "scopes": self.scopes,
+        }))
 
 
 @dataclass(slots=True)

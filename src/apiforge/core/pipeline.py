@@ -183,7 +183,9 @@ class Pipeline:
         headers = dict(raw_headers)
         request_id = self._ids.for_request(headers)
         peer = scope.get("client")
-        host = normalize_address(peer[0]) if peer else "unknown"
+        host = peer[0] if peer else "unknown"
+        if ":" in host:
+            host = normalize_address(host)
         scheme = scope["scheme"]
         if self.clients.enabled:
             host, scheme = self.clients.resolve(host, scheme, headers)
@@ -365,10 +367,15 @@ class Pipeline:
             """Collect a held answer's body; once whole, transform it and send it."""
             if message["type"] != "http.response.body":
                 return
-            held = response.held_body
-            held.append(message.get("body", b""))
+            body = message.get("body", b"")
             more = message.get("more_body", False)
-            if sum(map(len, held)) > _MAX_TRANSFORMED:
+            held = response.held_body
+            if held or more:  # a body in several messages: gather them
+                held.append(body)
+                size = sum(map(len, held))
+            else:
+                size = len(body)
+            if size > _MAX_TRANSFORMED:
                 # Fail closed: an answer too large to check is not sent unchecked.
                 response.held = None
                 response.replaced = InternalError(reason="response_too_large_to_check")
@@ -378,11 +385,13 @@ class Pipeline:
                 return
             if more:
                 return
+            if held:
+                body = b"".join(held)
             start = response.held
             response.held = None
             if start is None:  # release() runs only while an answer is held
                 return
-            body = original = b"".join(held)
+            original = body
             try:
                 for transform in transforms:
                     body = transform(ctx, start["status"], body)
@@ -401,7 +410,8 @@ class Pipeline:
                     ]
                 response.started = True
                 await send(start)
-                await send({"type": "http.response.body", "body": b"" if head else body})
+                message["body"] = b"" if head else body
+                await send(message)
                 return
             response.replaced = failed  # the app's answer is dropped, ours goes out
             self._denied(ctx, failed)

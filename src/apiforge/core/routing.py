@@ -101,6 +101,8 @@ class RouteTable:
     ) -> None:
         self.plans: list[RoutePlan] = []
         self._static: dict[str, dict[str, RoutePlan]] = {}
+        # The match of each static route, made once: most requests take this path.
+        self._static_matches: dict[str, dict[str, RouteMatch]] = {}
         dynamic: dict[str, dict[str, RoutePlan]] = {}
         for key, settings in routes.items():
             method, template = parse_route_key(key)
@@ -115,6 +117,10 @@ class RouteTable:
             if method == "GET":
                 table[template].setdefault("HEAD", plan)
         self._dynamic = [(_compile(t), methods) for t, methods in dynamic.items()]
+        self._static_matches = {
+            template: {method: RouteMatch(plan, _NO_PARAMS) for method, plan in methods.items()}
+            for template, methods in self._static.items()
+        }
         self._redirect = trailing_slash == "redirect"
 
     def match(self, method: str, path: str, raw_path: bytes | None) -> RouteMatch:
@@ -129,12 +135,12 @@ class RouteTable:
         # Fast path: no percent-encoding at all and an exact static route. A declared static
         # template was checked at load time, so such a path is safe as it is.
         if raw_path is None or b"%" not in raw_path:
-            methods = self._static.get(path)
-            if methods is not None:
-                plan = methods.get(method)
-                if plan is None:
-                    raise MethodNotAllowed(methods, reason="method_not_declared")
-                return RouteMatch(plan, _NO_PARAMS)
+            matches = self._static_matches.get(path)
+            if matches is not None:
+                static = matches.get(method)
+                if static is None:
+                    raise MethodNotAllowed(matches, reason="method_not_declared")
+                return static
         self._check_path(path, raw_path)
         found = self._lookup(path)
         if found is None:

@@ -26,7 +26,7 @@ from apiforge.core.routing import RoutePlan
 from apiforge.errors import ConfigurationError, ServiceUnavailable, StoreError, TooManyRequests
 from apiforge.events import EventBus, make_event
 from apiforge.ratelimit.headers import rate_limit, rate_limit_policy, retry_after
-from apiforge.ratelimit.limits import Decision, Identities, Limit, Limiter
+from apiforge.ratelimit.limits import Decision, Identities, Limit, Limiter, applicable
 from apiforge.ratelimit.memory import MemoryLimiter
 from apiforge.ratelimit.settings import OnStoreError, RateLimitSettings, RouteRateLimits
 
@@ -34,7 +34,8 @@ __all__ = ["RateLimitLayer", "open_limiter"]
 
 logger = logging.getLogger("apiforge")
 
-_DECISION = "apiforge.ratelimit"
+# The binding limit's verdict of the request, for its RateLimit header.
+_BINDING = "apiforge.ratelimit"
 _RETRY_WHILE_DOWN = "1"
 
 
@@ -167,7 +168,12 @@ class RateLimitLayer:
             memory = self.limiter
 
             def check_memory(ctx: RequestContext, scope: Any) -> None:
-                self._apply(ctx, route, memory.check_all_sync(route.limits, _identities(ctx)))
+                identities = _identities(ctx)
+                binding = memory.admit(applicable(limits, identities))
+                if binding is None:  # refused (or not only GCRA): the whole decision
+                    self._apply(ctx, route, memory.check_all_sync(limits, identities))
+                else:
+                    ctx.extra[_BINDING] = binding
 
             plan.request_hooks = (*plan.request_hooks, check_memory)
         else:
@@ -208,7 +214,7 @@ class RateLimitLayer:
                                  reason="ratelimit_store_down")
 
     def _apply(self, ctx: RequestContext, route: _RoutePlan, decision: Decision) -> None:
-        ctx.extra[_DECISION] = decision
+        ctx.extra[_BINDING] = decision.binding
         if decision.allowed:
             return
         binding = decision.binding
@@ -234,11 +240,9 @@ class RateLimitLayer:
         def add_headers(ctx: RequestContext, status: int, headers: list[tuple[bytes, bytes]]
                         ) -> None:
             headers.append(policy)
-            decision = ctx.extra.get(_DECISION)
-            if decision is not None:
-                value = rate_limit(decision)
-                if value is not None:
-                    headers.append((b"ratelimit", value.encode("ascii")))
+            value = rate_limit(ctx.extra.get(_BINDING))
+            if value is not None:
+                headers.append((b"ratelimit", value.encode("ascii")))
 
         return add_headers
 
@@ -287,12 +291,10 @@ class RateLimitLayer:
 def _identities(ctx: RequestContext) -> Identities:
     principal = ctx.principal
     route = ctx.route
-    return Identities(
-        address=ctx.client,
-        key=principal.application if principal is not None else None,
-        user=principal.user if principal is not None else None,
-        route=route.key if route is not None else None,
-    )
+    if principal is None:
+        return Identities(ctx.client, None, None, route.key if route is not None else None)
+    return Identities(ctx.client, principal.application, principal.user,
+                      route.key if route is not None else None)
 
 
 def _redact_url(url: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from apiforge.ratelimit.limits import Decision, Limit
+from apiforge.ratelimit.limits import Limit, Verdict
 
 __all__ = ["rate_limit", "rate_limit_policy", "retry_after"]
 
@@ -42,13 +42,13 @@ def rate_limit_policy(limits: Iterable[Limit]) -> str:
     )
 
 
-def rate_limit(decision: Decision) -> str | None:
-    """The ``RateLimit`` value for a decision: the binding limit's standing, or ``None``.
+def rate_limit(binding: Verdict | None) -> str | None:
+    """The ``RateLimit`` value for a decision's binding verdict (``Decision.binding``).
 
     Only the binding limit is sent (the one closest to refusing, or the one that refused):
     it is what the client must pace itself by, and one item keeps the header small.
+    ``None`` (no limit applied) has no value.
     """
-    binding = decision.binding
     if binding is None:
         return None
     return f'"{binding.limit.name}";r={binding.remaining};t={_ceil_seconds(binding.reset_after)}'

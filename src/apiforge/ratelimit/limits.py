@@ -96,6 +96,8 @@ class Limit:
     """GCRA: ``burst * emission``."""
     period_us: int = field(init=False, repr=False, compare=False)
     code: str = field(init=False, repr=False, compare=False)
+    key_head: str = field(init=False, repr=False, compare=False)
+    """``<name>:<algorithm code>:``, the start of every stored key of this limit."""
 
     def __post_init__(self) -> None:
         if self.scope not in _SCOPES:
@@ -129,6 +131,7 @@ class Limit:
         object.__setattr__(self, "tolerance", self.burst * emission)
         object.__setattr__(self, "period_us", period_us)
         object.__setattr__(self, "code", _ALGORITHM_CODES[self.algorithm])
+        object.__setattr__(self, "key_head", f"{name}:{self.code}:")
 
     @property
     def quota(self) -> int:
@@ -143,8 +146,7 @@ class Limit:
         return self.period
 
 
-@dataclass(frozen=True, slots=True)
-class Identities:
+class Identities(NamedTuple):
     """Who and what a request is, as far as limits care. ``None`` means unknown/absent.
 
     Args:
@@ -208,21 +210,19 @@ class Limiter(Protocol):
         ...
 
 
+# Where each scope's identity sits in an ``Identities`` tuple (``global`` has none).
+_SLOTS: dict[str, int] = {"address": 0, "key": 1, "user": 2, "route": 3}
+
+
 def _identity(limit: Limit, identities: Identities) -> str | None:
     scope = limit.scope
-    if scope == "address":
-        value = identities.address
-        return None if value is None else address_group(value)
     if scope == "global":
         return "*"
-    if scope == "key":
-        value = identities.key
-    elif scope == "user":
-        value = identities.user
-    else:
-        value = identities.route
+    value = identities[_SLOTS[scope]]
     if value is None:
         return None
+    if scope == "address":
+        return address_group(value)
     if len(value) > _MAX_IDENTITY:
         # Bound the key's size whatever an identifier looks like.
         return "h-" + hashlib.sha256(value.encode()).hexdigest()
@@ -241,7 +241,7 @@ def applicable(
     for limit in limits:
         identity = _identity(limit, identities)
         if identity is not None:
-            found.append((limit, f"{prefix}{limit.name}:{limit.code}:{identity}"))
+            found.append((limit, prefix + limit.key_head + identity))
     return found
 
 

@@ -66,11 +66,11 @@ class MemoryLimiter:
         now_us = round((self._clock() if now is None else now) * _MICROS)
         found = applicable(limits, identities)
         states = self._states
-        admitted = self._admit_gcra(found, now_us)
-        if admitted is not None:
+        new_tats = self._charge_gcra(found, now_us)
+        if new_tats is not None:
             if len(states) > self._sweep_at:
                 self._sweep(now_us)
-            return admitted
+            return _admitted(found, new_tats, now_us)
         stored: list[State | None] = []
         for _, key in found:
             entry = states.get(key)
@@ -82,12 +82,43 @@ class MemoryLimiter:
             self._sweep(now_us)
         return decision
 
-    def _admit_gcra(self, found: Sequence[tuple[Limit, str]], now_us: int) -> Decision | None:
+    def admit(self, found: Sequence[tuple[Limit, str]]) -> Verdict | None:
+        """The hot path of a request under GCRA limits that all admit it: charge them and
+        return the binding limit's verdict (the one its ``RateLimit`` header advertises).
+
+        ``found`` holds the applicable limits and their keys (:func:`~.limits.applicable`).
+        Returns ``None``, having changed nothing, when a limit refuses or is not GCRA: call
+        :meth:`check_all_sync` then, for the whole decision.
+        """
+        now_us = round(self._clock() * _MICROS)
+        new_tats = self._charge_gcra(found, now_us)
+        if new_tats is None:
+            return None
+        if len(self._states) > self._sweep_at:
+            self._sweep(now_us)
+        best = -1
+        best_remaining = 0
+        best_idle = 0
+        for index, (limit, _) in enumerate(found):
+            idle_in = new_tats[index] - now_us
+            remaining = (limit.tolerance - idle_in) // limit.emission
+            if remaining < 0:
+                remaining = 0
+            # combine()'s choice: the fewest remaining, then the longest reset, then the first.
+            if best < 0 or remaining < best_remaining or (
+                    remaining == best_remaining and idle_in > best_idle):
+                best, best_remaining, best_idle = index, remaining, idle_in
+        if best < 0:
+            return None  # no limit applies: nothing to advertise
+        limit, key = found[best]
+        return Verdict(limit, key, True, best_remaining, best_idle / _MICROS, 0.0)
+
+    def _charge_gcra(self, found: Sequence[tuple[Limit, str]], now_us: int) -> list[int] | None:
         """The common case, inlined: GCRA limits only, and every one admits the request.
 
-        Returns ``None`` (and changes nothing) otherwise; :func:`decide` then handles it. The
-        arithmetic is :func:`~apiforge.ratelimit.gcra.gcra`'s, and so is every number of the
-        decision (a test compares both paths).
+        Charges them and returns their new theoretical arrival times; returns ``None`` (and
+        changes nothing) otherwise, for :func:`decide` to handle. The arithmetic is
+        :func:`~apiforge.ratelimit.gcra.gcra`'s (a test compares both paths).
         """
         states = self._states
         new_tats: list[int] = []
@@ -101,24 +132,9 @@ class MemoryLimiter:
             if new_tat - limit.tolerance > now_us:
                 return None  # refused: the general path reports it
             new_tats.append(new_tat)
-        verdicts = []
-        binding: Verdict | None = None
-        for (limit, key), new_tat in zip(found, new_tats, strict=True):
-            idle_in = new_tat - now_us
+        for (_, key), new_tat in zip(found, new_tats, strict=True):
             states[key] = (new_tat, new_tat)
-            remaining = (limit.tolerance - idle_in) // limit.emission
-            admitted = Verdict(limit, key, True, remaining if remaining > 0 else 0,
-                               idle_in / _MICROS, 0.0)
-            verdicts.append(admitted)
-            # combine()'s choice: the fewest remaining, then the longest reset, then the first.
-            if binding is None or admitted.remaining < binding.remaining or (
-                    admitted.remaining == binding.remaining
-                    and admitted.reset_after > binding.reset_after):
-                binding = admitted
-        if binding is None:
-            return combine(verdicts)  # no limit applies
-        return Decision(True, binding.remaining, binding.reset_after, 0.0, tuple(verdicts),
-                        binding)
+        return new_tats
 
     async def check_all(
         self, limits: Sequence[Limit], identities: Identities, now: float | None = None
@@ -133,3 +149,15 @@ class MemoryLimiter:
     async def aclose(self) -> None:
         """Drop every state."""
         self._states.clear()
+
+
+def _admitted(found: Sequence[tuple[Limit, str]], new_tats: Sequence[int], now_us: int
+              ) -> Decision:
+    """The decision of a request every GCRA limit admitted, from the new arrival times."""
+    verdicts = []
+    for (limit, key), new_tat in zip(found, new_tats, strict=True):
+        idle_in = new_tat - now_us
+        remaining = (limit.tolerance - idle_in) // limit.emission
+        verdicts.append(Verdict(limit, key, True, remaining if remaining > 0 else 0,
+                                idle_in / _MICROS, 0.0))
+    return combine(verdicts)
