@@ -637,7 +637,9 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
         "## How it is measured",
         "",
         f"- uvicorn {versions['uvicorn']} with uvloop and httptools, one worker, on loopback"
-        " (`127.0.0.1`), access log off, `server` header off.",
+        " (`127.0.0.1`), access log off, `server` header off; every variant, bare ones too,"
+        " on the HTTP protocol APIForge's own servers use (`apiforge.serving`: head deadline,"
+        " connection caps, repeated header lines written once).",
         f"- {pinning_text}",
         f"- wrk, one thread, {settings['connections']} keep-alive connections,"
         f" {settings['duration_s']:g} s per run, after a {settings['warmup_s']:g} s warm-up"

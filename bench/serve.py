@@ -19,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+from apiforge.serving import ConnectionLimits, http_protocol_class
 from variants import VARIANTS, get_variant
 
 HOST = "127.0.0.1"
@@ -49,7 +50,8 @@ def build_config(args: argparse.Namespace) -> uvicorn.Config:
         host=HOST,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        # The protocol APIForge's own servers run (apiforge.server), for every variant alike.
+        http=http_protocol_class(ConnectionLimits(), implementation="httptools"),
         access_log=False,
         log_level="warning",
         # uvicorn adds `server: uvicorn` below any middleware; production turns it off too.

@@ -405,10 +405,13 @@ class _GuardedH11Protocol(_ConnectionGuard, H11Protocol):
 @functools.cache
 def _httptools_protocol() -> type[_ConnectionGuard]:
     # Imported on demand: uvicorn's httptools module fails to import without httptools.
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    from apiforge.serving.heads import HeadWriterCycle
 
     class _GuardedHttpToolsProtocol(_ConnectionGuard, HttpToolsProtocol):
-        """uvicorn's httptools protocol with the head deadline and connection caps."""
+        """uvicorn's httptools protocol with the head deadline and connection caps, writing
+        repeated response header lines once (:mod:`apiforge.serving.heads`)."""
 
         # The scope uvicorn's on_message_begin had made when the head deadline started: a new
         # one means a new request line has begun, i.e. part of a head is in the parser.
@@ -426,6 +429,11 @@ def _httptools_protocol() -> type[_ConnectionGuard]:
         def on_headers_complete(self) -> None:
             self._head_deadline = 0.0
             super().on_headers_complete()
+            cycle = getattr(self, "cycle", None)
+            if type(cycle) is RequestResponseCycle:
+                # Same state, one method more: the request's task looks `send` up only once
+                # it runs, after this.
+                cycle.__class__ = HeadWriterCycle
 
         def on_response_complete(self) -> None:
             # A queued pipelined request already has its head; uvicorn starts it right away.
