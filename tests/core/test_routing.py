@@ -93,3 +93,16 @@ def test_trailing_slash_redirect_mode() -> None:
     assert info.value.location == "/v1/users/me"
     with pytest.raises(NotFound):  # never for unsafe methods
         table.match("PUT", "/v1/users/me/", b"/v1/users/me/")
+
+
+def test_a_templated_path_seen_again_matches_the_same(table: RouteTable) -> None:
+    first = table.match("GET", "/v1/users/42", b"/v1/users/42")
+    again = table.match("GET", "/v1/users/42", b"/v1/users/42")
+    assert again.plan is first.plan and again.params == first.params == {"id": "42"}
+    again.params["id"] = "7"  # each match has its own params: nothing leaks to the next one
+    assert table.match("GET", "/v1/users/42", b"/v1/users/42").params == {"id": "42"}
+    with pytest.raises(MethodNotAllowed):
+        table.match("DELETE", "/v1/users/42", b"/v1/users/42")
+    # The same decoded text from an encoded request line is checked again, and refused.
+    with pytest.raises(BadRequest):
+        table.match("GET", "/v1/users/42", b"/v1/users/42%2F")

@@ -89,6 +89,8 @@ class RouteMatch(NamedTuple):
 
 
 _NO_PARAMS: dict[str, str] = {}
+# Templated paths whose match is remembered; the table is emptied when it is full.
+_RECENT_PATHS = 1024
 
 
 class RouteTable:
@@ -103,6 +105,7 @@ class RouteTable:
         self._static: dict[str, dict[str, RoutePlan]] = {}
         # The match of each static route, made once: most requests take this path.
         self._static_matches: dict[str, dict[str, RouteMatch]] = {}
+        self._recent: dict[str, tuple[dict[str, RoutePlan], dict[str, str]]] = {}
         dynamic: dict[str, dict[str, RoutePlan]] = {}
         for key, settings in routes.items():
             method, template = parse_route_key(key)
@@ -134,15 +137,28 @@ class RouteTable:
         """
         # Fast path: no percent-encoding at all and an exact static route. A declared static
         # template was checked at load time, so such a path is safe as it is.
-        if raw_path is None or b"%" not in raw_path:
+        plain = raw_path is None or b"%" not in raw_path
+        if plain:
             matches = self._static_matches.get(path)
             if matches is not None:
                 static = matches.get(method)
                 if static is None:
                     raise MethodNotAllowed(matches, reason="method_not_declared")
                 return static
+            # A templated path seen lately (`/v1/users/1` again): it passed the checks below
+            # then, and the same text passes them again.
+            seen = self._recent.get(path)
+            if seen is not None:
+                plan = seen[0].get(method)
+                if plan is None:
+                    raise MethodNotAllowed(seen[0], reason="method_not_declared")
+                return RouteMatch(plan, dict(seen[1]))
         self._check_path(path, raw_path)
         found = self._lookup(path)
+        if plain and found is not None and found[1]:
+            if len(self._recent) >= _RECENT_PATHS:
+                self._recent.clear()  # bounded: a scan of many ids costs a refill, no memory
+            self._recent[path] = found
         if found is None:
             if self._redirect and method in ("GET", "HEAD") and path != "/":
                 other = path[:-1] if path.endswith("/") else path + "/"

@@ -273,8 +273,10 @@ class _Parameter:
             if text not in ("true", "false"):
                 return FieldError(self.where, "Must be true or false.")
             value = text == "true"
-        if _CONTROL.search(text):
+        elif _CONTROL.search(text):  # the patterns above admit no control character
             return FieldError(self.where, _CONTROL_MESSAGE)
+        if self.validator.is_valid(value):  # no error objects on the common path
+            return None
         for error in self.validator.iter_errors(value):
             return FieldError(self.where, _schema_error(error)[0].message)
         return None
