@@ -445,3 +445,39 @@ def test_memory_fast_path_decides_exactly_as_the_general_path() -> None:
             if expected.allowed:
                 for key, state, ttl in writes:
                     assert fast._states[key] == (now_us + ttl, state)
+
+
+def test_admit_charges_as_check_all_and_names_its_binding_limit() -> None:
+    """The layer's hot path: same charges, same binding verdict, and None where it declines."""
+    import random
+
+    from apiforge.ratelimit.limits import applicable as keys_of
+
+    rng = random.Random(11)
+    for _ in range(200):
+        limits = [Limit(rng.choice(["address", "user", "global"]), rng.randint(1, 50),
+                        rng.choice([1.0, 7.5, 60.0]), rng.randint(1, 20), name=f"l{n}")
+                  for n in range(rng.randint(1, 3))]
+        ids = Identities(address="192.0.2.1", user="u")
+        clock = _Clock()
+        lean = MemoryLimiter(clock)
+        full = MemoryLimiter(clock)
+        for _ in range(rng.randint(1, 30)):
+            clock.now += rng.choice([0.0, 0.001, 0.5, 3.0])
+            before = dict(lean._states)
+            binding = lean.admit(keys_of(limits, ids))
+            decision = full.check_all_sync(limits, ids)
+            if binding is None:  # declined: nothing charged, the general path decides
+                assert lean._states == before
+                lean.check_all_sync(limits, ids)
+            else:
+                assert decision.allowed and binding == decision.binding
+            assert lean._states == full._states
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
