@@ -106,3 +106,9 @@ def test_a_templated_path_seen_again_matches_the_same(table: RouteTable) -> None
     # The same decoded text from an encoded request line is checked again, and refused.
     with pytest.raises(BadRequest):
         table.match("GET", "/v1/users/42", b"/v1/users/42%2F")
+
+
+def test_long_templated_paths_match_but_are_not_remembered(table: RouteTable) -> None:
+    path = "/v1/users/" + "9" * 4000
+    assert table.match("GET", path, path.encode()).params == {"id": "9" * 4000}
+    assert path not in table._recent

@@ -425,9 +425,7 @@ def test_memory_fast_path_decides_exactly_as_the_general_path() -> None:
 
     rng = random.Random(7)
     for _ in range(300):
-        limits = [Limit(rng.choice(["address", "user", "global"]), rng.randint(1, 50),
-                        rng.choice([1.0, 7.5, 60.0]), rng.randint(1, 20), name=f"l{n}")
-                  for n in range(rng.randint(1, 3))]
+        limits = _random_limits(rng)
         limits = [Limit(lim.scope, lim.rate, lim.period, lim.burst,
                         rng.randint(1, lim.burst), name=lim.name) for lim in limits]
         ids = Identities(address="192.0.2.1", user="u")
@@ -455,9 +453,7 @@ def test_admit_charges_as_check_all_and_names_its_binding_limit() -> None:
 
     rng = random.Random(11)
     for _ in range(200):
-        limits = [Limit(rng.choice(["address", "user", "global"]), rng.randint(1, 50),
-                        rng.choice([1.0, 7.5, 60.0]), rng.randint(1, 20), name=f"l{n}")
-                  for n in range(rng.randint(1, 3))]
+        limits = _random_limits(rng)
         ids = Identities(address="192.0.2.1", user="u")
         clock = _Clock()
         lean = MemoryLimiter(clock)
@@ -473,6 +469,13 @@ def test_admit_charges_as_check_all_and_names_its_binding_limit() -> None:
             else:
                 assert decision.allowed and binding == decision.binding
             assert lean._states == full._states
+
+
+def _random_limits(rng: Any) -> list[Limit]:
+    """One to three GCRA limits of random scope, rate, period and burst."""
+    return [Limit(rng.choice(["address", "user", "global"]), rng.randint(1, 50),
+                  rng.choice([1.0, 7.5, 60.0]), rng.randint(1, 20), name=f"l{n}")
+            for n in range(rng.randint(1, 3))]
 
 
 class _Clock:

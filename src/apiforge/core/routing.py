@@ -89,8 +89,10 @@ class RouteMatch(NamedTuple):
 
 
 _NO_PARAMS: dict[str, str] = {}
-# Templated paths whose match is remembered; the table is emptied when it is full.
+# Templated paths whose match is remembered; the table is emptied when it is full. Only short
+# paths are kept, so the table stays small whatever lengths a client sends.
 _RECENT_PATHS = 1024
+_RECENT_PATH_LENGTH = 256
 
 
 class RouteTable:
@@ -155,7 +157,7 @@ class RouteTable:
                 return RouteMatch(plan, dict(seen[1]))
         self._check_path(path, raw_path)
         found = self._lookup(path)
-        if plain and found is not None and found[1]:
+        if plain and found is not None and found[1] and len(path) <= _RECENT_PATH_LENGTH:
             if len(self._recent) >= _RECENT_PATHS:
                 self._recent.clear()  # bounded: a scan of many ids costs a refill, no memory
             self._recent[path] = found

@@ -169,7 +169,10 @@ class RateLimitLayer:
 
             def check_memory(ctx: RequestContext, scope: Any) -> None:
                 identities = _identities(ctx)
-                binding = memory.admit(applicable(limits, identities))
+                found = applicable(limits, identities)
+                if not found:
+                    return  # no limit applies (a per-user limit, an anonymous caller)
+                binding = memory.admit(found)
                 if binding is None:  # refused (or not only GCRA): the whole decision
                     self._apply(ctx, route, memory.check_all_sync(limits, identities))
                 else:
