@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import time
 import zlib
 from datetime import UTC, datetime, timedelta
 
@@ -67,7 +68,7 @@ def with_crc(body: str) -> str:
     return body + digits.rjust(6, "0")
 
 
-def reason_of(service: ApiKeyService, text: str, now: datetime = T0) -> str:
+def reason_of(service: ApiKeyService, text: str, now: datetime | None = T0) -> str:
     with pytest.raises(InvalidApiKey) as caught:
         service.verify(text, now=now)
     return caught.value.reason
@@ -254,6 +255,27 @@ async def test_each_failure_has_its_own_reason(
         "rotated_out": reason_of(service, rotated.reveal(), now=later),
     }
     assert reasons == {reason: reason for reason in reasons}
+
+
+async def test_the_clock_path_refuses_at_expiry_and_at_the_end_of_overlap(
+    service: ApiKeyService, store: NoReadsAfterLoad
+) -> None:
+    # Without `now`, verify() reads the wall clock and compares one float per request: it must
+    # still refuse from the exact instant a key expires or its rotation overlap ends.
+    start = datetime.now(UTC)
+    expiring, record = await service.create(
+        "app", {"read"}, "live", expires_at=start + timedelta(milliseconds=300), now=start)
+    rotated, rotated_record = await service.create("app", {"read"}, "live", now=start)
+    await service.rotate(rotated_record.key_id, timedelta(milliseconds=300), now=start)
+    assert service.verify(expiring).key_id == record.key_id
+    assert service.verify(rotated).key_id == rotated_record.key_id
+    assert service.flush_last_used() == 2
+    used = store.get_key(record.key_id)
+    assert used is not None and used.last_used_at is not None
+    assert start <= used.last_used_at <= datetime.now(UTC)
+    time.sleep(0.35)
+    assert reason_of(service, expiring.reveal(), now=None) == "expired"
+    assert reason_of(service, rotated.reveal(), now=None) == "rotated_out"
 
 
 async def test_env_mismatch_is_an_unknown_key(service: ApiKeyService) -> None:

@@ -181,3 +181,31 @@ async def test_unreachable_store_does_what_the_policy_says(behaviour: str, expec
     switches = h.events("apiforge_ratelimit_store")
     assert [e["outcome"] for e in switches] == ["down"]
     await h.aclose()
+
+
+async def test_budgets_hold_while_callers_come_and_go() -> None:
+    # The layer remembers each caller's limit keys in a bounded table; thousands of other
+    # callers passing through (and the table being cleared) must not reset anyone's budget.
+    h = Harness(make_policy())
+
+    async def status_from(address: str) -> int:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": "/a", "raw_path": b"/a",
+                 "query_string": b"", "root_path": "", "headers": [(b"host", b"t")],
+                 "client": (address, 1), "server": ("t", 80)}
+        await h.app(scope, receive, send)
+        return int(sent[0]["status"])
+
+    assert [await status_from("10.1.0.1") for _ in range(2)] == [200, 200]
+    for n in range(5000):
+        assert await status_from(f"10.2.{n // 250}.{n % 250}") == 200
+    assert [await status_from("10.1.0.1") for _ in range(2)] == [200, 429]
+    await h.aclose()

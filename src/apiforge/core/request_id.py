@@ -17,7 +17,9 @@ class RequestIds:
     """Ids for one process: a random prefix and a counter (no syscall per request)."""
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(5).hex()
+        # The "r" keeps digit runs short: an id of 13+ digits would look like a card number
+        # to the event redactor and be masked, breaking the join of events and responses.
+        self._prefix = os.urandom(5).hex() + "r"
         self._counter = itertools.count(0x10000000)
 
     def for_request(self, headers: Mapping[bytes, bytes]) -> str:
@@ -25,6 +27,4 @@ class RequestIds:
         supplied = headers.get(b"x-request-id")
         if supplied is not None and _SUPPLIED.match(supplied):
             return supplied.decode("ascii")
-        # The "r" keeps digit runs short: an id of 13+ digits would look like a card number
-        # to the event redactor and be masked, breaking the join of events and responses.
-        return self._prefix + "r" + format(next(self._counter), "x")
+        return f"{self._prefix}{next(self._counter):x}"

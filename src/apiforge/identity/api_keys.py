@@ -28,9 +28,11 @@ import asyncio
 import builtins
 import hashlib
 import hmac
+import math
 import re
 import secrets as _random
 import string
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -299,6 +301,14 @@ class ApiKeyRecord:
     replaced_by: str | None = None
     rotated_at: datetime | None = None
     overlap_until: datetime | None = None
+    usable_until: float = field(init=False, repr=False, compare=False)
+    """The first instant (POSIX seconds) the key is refused for its expiry or the end of its
+    rotation overlap; infinity when neither applies. Lets a request compare one float."""
+
+    def __post_init__(self) -> None:
+        ends = [moment.timestamp() for moment in (self.expires_at, self.overlap_until)
+                if moment is not None]
+        object.__setattr__(self, "usable_until", min(ends, default=math.inf))
 
 
 class KeyCache:
@@ -373,7 +383,7 @@ class ApiKeyService:
         self._state = state
         self._hasher = hasher
         self.cache: Final = cache if cache is not None else KeyCache()
-        self._last_used: dict[str, datetime] = {}
+        self._last_used: dict[str, float] = {}  # key id -> POSIX seconds
         self._rehash: dict[str, tuple[bytes, bytes]] = {}
         # SHA-256 of keys that passed the full check -> (key id, digest checked against).
         self._verified: dict[bytes, tuple[str, bytes]] = {}
@@ -429,14 +439,19 @@ class ApiKeyService:
     def _check_state(self, record: ApiKeyRecord, now: datetime | None) -> ApiKeyRecord:
         # State is checked only after the secret: only the key's holder learns (through the
         # internal log) whether the key was revoked or expired.
-        now = now or _utcnow()
+        if now is None:
+            stamp = time.time()
+            if record.status != "revoked" and stamp < record.usable_until:
+                self._last_used[record.key_id] = stamp  # the usual case: one comparison
+                return record
+            now = datetime.fromtimestamp(stamp, UTC)
         if record.status == "revoked":
             raise InvalidApiKey("revoked", record.key_id)
         if record.overlap_until is not None and now >= record.overlap_until:
             raise InvalidApiKey("rotated_out", record.key_id)
         if record.expires_at is not None and now >= record.expires_at:
             raise InvalidApiKey("expired", record.key_id)
-        self._last_used[record.key_id] = now
+        self._last_used[record.key_id] = now.timestamp()
         return record
 
     # -- start-up, refresh and background work -----------------------------------------------
@@ -475,7 +490,8 @@ class ApiKeyService:
         used, self._last_used = self._last_used, {}
         rehash, self._rehash = self._rehash, {}
         if used:
-            self._store.record_last_used(used)
+            self._store.record_last_used(
+                {key_id: datetime.fromtimestamp(stamp, UTC) for key_id, stamp in used.items()})
         for key_id, (old, new) in rehash.items():
             self._store.replace_digest(key_id, old, new)
         return len(used)

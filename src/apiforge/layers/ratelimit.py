@@ -37,6 +37,7 @@ logger = logging.getLogger("apiforge")
 # The binding limit's verdict of the request, for its RateLimit header.
 _BINDING = "apiforge.ratelimit"
 _RETRY_WHILE_DOWN = "1"
+_CALLERS_KEPT = 4096
 
 
 def open_limiter(settings: RateLimitSettings) -> Limiter:
@@ -166,15 +167,26 @@ class RateLimitLayer:
         )
         if isinstance(self.limiter, MemoryLimiter):
             memory = self.limiter
+            route_key = plan.key
+            # The limits and keys that apply to each caller of this route, worked out once per
+            # (address, application, user): a client sends many requests.
+            known: dict[tuple[str, str | None, str | None], list[tuple[Limit, str]]] = {}
 
             def check_memory(ctx: RequestContext, scope: Any) -> None:
-                identities = _identities(ctx)
-                found = applicable(limits, identities)
+                principal = ctx.principal
+                caller = ((ctx.client, None, None) if principal is None else
+                          (ctx.client, principal.application, principal.user))
+                found = known.get(caller)
+                if found is None:
+                    if len(known) >= _CALLERS_KEPT:
+                        known.clear()
+                    found = known[caller] = applicable(limits, Identities(*caller, route_key))
                 if not found:
                     return  # no limit applies (a per-user limit, an anonymous caller)
                 binding = memory.admit(found)
                 if binding is None:  # refused (or not only GCRA): the whole decision
-                    self._apply(ctx, route, memory.check_all_sync(limits, identities))
+                    self._apply(ctx, route, memory.check_all_sync(
+                        limits, Identities(*caller, route_key)))
                 else:
                     ctx.extra[_BINDING] = binding
 
