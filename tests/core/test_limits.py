@@ -208,3 +208,52 @@ async def test_deadline_interrupts_database_work_in_a_thread(tmp_path: Any) -> N
     assert await asyncio.to_thread(finished.wait, 3)
     assert outcome == ["interrupted"]
     assert time.monotonic() - began < 2
+
+
+async def test_the_watch_cancels_the_task_that_is_running_the_request() -> None:
+    # The deadline watch finds each request's task by its own lookup (faster than
+    # asyncio.current_task on Python 3.11): it must name the same task, in every task.
+    from apiforge.core.deadlines import _current_task
+
+    async def named() -> tuple[object, object]:
+        await asyncio.sleep(0)
+        return _current_task(), asyncio.current_task()
+
+    tasks = [asyncio.create_task(named()) for _ in range(5)]
+    for task, (ours, theirs) in zip(tasks, await asyncio.gather(*tasks), strict=True):
+        assert ours is theirs is task
+    assert _current_task() is asyncio.current_task()
+
+
+async def test_one_watcher_serves_requests_that_never_yield() -> None:
+    # A request answered without yielding ends before the watcher first runs; the watcher
+    # must stay for the next ones rather than be made again per request, and still cancel
+    # a request that runs late.
+    from apiforge.core.deadlines import TICK, DeadlineWatch
+
+    watch = DeadlineWatch()
+    watchers = set()
+
+    async def quick() -> None:
+        entry = watch.watch(30.0, 10.0)
+        watchers.add(watch._watcher)
+        watch.release(entry)
+
+    for _ in range(20):
+        await asyncio.create_task(quick())
+        await asyncio.sleep(0)
+    assert len(watchers) == 1
+
+    async def late() -> None:
+        entry = watch.watch(0.05, 10.0)
+        try:
+            await asyncio.sleep(5)
+        finally:
+            watch.release(entry)
+
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(late())
+    assert time.monotonic() - started < 0.05 + 3 * TICK
+    await asyncio.sleep(3 * TICK)
+    assert watch._watcher is None  # idle for a whole tick: the watcher has gone
