@@ -155,6 +155,11 @@ async def test_header_limits_431() -> None:
     many = [(f"x-h{i}".encode(), b"a" * 100) for i in range(5)]
     status, _, _, _ = await call(pipeline(), "GET", "/slow", headers=many)
     assert status == 431
+    # A total limit below the one-header limit still holds.
+    tight = {**POLICY, "limits": {"max_header": 400, "max_headers_total": 250}}
+    few = [(f"x-h{i}".encode(), b"a" * 100) for i in range(3)]
+    status, _, _, _ = await call(pipeline(tight), "GET", "/slow", headers=few)
+    assert status == 431
 
 
 async def test_report_mode_lets_through_and_reports() -> None:

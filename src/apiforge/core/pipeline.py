@@ -19,7 +19,6 @@ Per-route plans are built once at start-up, so a route pays only for its own che
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import monotonic
@@ -145,6 +144,8 @@ class Pipeline:
         limits = policy.limits
         self._max_header = int(limits.max_header)
         self._max_headers_total = int(limits.max_headers_total)
+        # Headers that together fit in this many bytes are within both limits.
+        self._headers_fit = min(self._max_header, self._max_headers_total)
         self._report_headers = limits.mode == "report"
         self.layers = tuple(layers)
         self._early: tuple[RequestHook, ...] = tuple(
@@ -196,7 +197,11 @@ class Pipeline:
         try:
             if len(headers) != len(raw_headers):
                 _check_repeated_headers(raw_headers)
-            self._check_header_sizes(ctx, raw_headers)
+            size = 0
+            for name, value in raw_headers:
+                size += len(name) + len(value)
+            if size > self._headers_fit:  # usually all headers together fit in one's limit
+                self._check_header_sizes(ctx, raw_headers)
             for hook in self._early:
                 pending = hook(ctx, scope)
                 if pending is not None:
@@ -443,9 +448,6 @@ class Pipeline:
     def _check_header_sizes(
         self, ctx: RequestContext, raw_headers: Sequence[tuple[bytes, bytes]]
     ) -> None:
-        total = sum(map(len, itertools.chain.from_iterable(raw_headers)))
-        if total <= self._max_header and total <= self._max_headers_total:
-            return  # the usual case: even all headers together fit in one header's limit
         largest = 0
         total = 0
         for name, value in raw_headers:
