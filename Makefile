@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint types audit pytest bench lock clean
+.PHONY: demo test lint types audit pytest bench bench-instructions lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "APIForge needs Python 3.11 or newer: set PYTHON=python3.11 (or newer) and run make again")'
@@ -37,6 +37,10 @@ pytest: $(STAMP)
 ## bench: load benchmarks with wrk on loopback; writes docs/benchmarks.md and bench/results.json
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+## bench-instructions: instructions per request under valgrind (bare, core, protected); needs valgrind
+bench-instructions: $(STAMP)
+	$(BIN)/python bench/instructions.py
 
 ## lock: re-pin every dependency to what is installed now
 lock:

@@ -1,0 +1,162 @@
+"""Instructions a server spends per request, counted by valgrind: a measure that noise cannot move.
+
+    python bench/instructions.py                              # bare, core, protected; 3 routes
+    python bench/instructions.py --variants bare,validated --requests 500
+
+wrk's req/s on a shared machine moves by 10-20 % from one minute to the next; the number of
+instructions a server executes for a request does not (two counts agree within about 1 %). Each
+variant's server (bench/serve.py, exactly as `make bench` runs it) starts under callgrind with
+instrumentation off; a client sends warm-up requests over one keep-alive connection, switches
+counting on (`callgrind_control -i on`), sends N more, and switches it off. The count divided by
+N is the server's work per request: uvicorn, the event loop, the app and every layer.
+
+The ratio `baseline / variant` of these counts predicts the throughput ratio `make bench`
+reports to within a few hundredths (the page's figures stay the ones that count): use it to tell
+whether a change made a request cheaper, before and after, on any machine. It does not see
+cache misses or system calls, so it cannot replace the load benchmark.
+
+Needs valgrind (`apt-get install valgrind`). A server under valgrind runs ~50x slower: about
+20 s per variant and route with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from variants import BASELINE, ROUTES, Route, get_variant
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+SERVE_SCRIPT = BENCH_DIR / "serve.py"
+READY_TIMEOUT_S = 300.0  # start-up under valgrind: imports and policy compilation, slowed
+WARMUP_REQUESTS = 100
+_READY = re.compile(r"^ready variant=\S+ url=http://127\.0\.0\.1:(\d+)", re.MULTILINE)
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--variants", default=f"{BASELINE},core,protected",
+                        help="comma-separated variants; the first is the baseline of the ratios")
+    parser.add_argument("--routes", default=",".join(r.name for r in ROUTES),
+                        help="comma-separated routes, as 'GET /v1/users/me'")
+    parser.add_argument("--requests", type=int, default=300, help="counted requests per run")
+    parser.add_argument("--json", type=Path, help="also write the counts to this file")
+    return parser.parse_args(argv)
+
+
+def count(variant_name: str, route: Route, requests: int, work: Path) -> int:
+    """Instructions per request of one variant's server on one route."""
+    variant = get_variant(variant_name)
+    if variant.scheme != "http":
+        raise SystemExit(f"{variant_name}: only http variants can be counted")
+    data_dir = work / "data"
+    log = work / "server.log"
+    valgrind_log = work / "valgrind.log"
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+               f"--callgrind-out-file={work / 'callgrind.out'}", f"--log-file={valgrind_log}",
+               sys.executable, str(SERVE_SCRIPT), "--variant", variant_name, "--port", "0",
+               "--data-dir", str(data_dir)]
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_DIR,
+                                  start_new_session=True)
+    try:
+        port = _wait_ready(server, log)
+        headers = dict(variant.headers(data_dir)) if variant.headers is not None else {}
+        if route.content_type:
+            headers["Content-Type"] = route.content_type
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        _send(connection, route, headers, WARMUP_REQUESTS)
+        _instrument(server.pid, "on")
+        _send(connection, route, headers, requests)
+        _instrument(server.pid, "off")
+        connection.close()
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    found = _COLLECTED.search(valgrind_log.read_text(errors="replace"))
+    if found is None:
+        raise SystemExit(f"{variant_name}: callgrind reported no count; see {valgrind_log}")
+    return round(int(found.group(1)) / requests)
+
+
+def _wait_ready(server: subprocess.Popen[bytes], log: Path) -> int:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited before it was ready; its log:\n"
+                             f"{log.read_text(errors='replace')[-2000:]}")
+        found = _READY.search(log.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+        time.sleep(0.2)
+    raise SystemExit(f"the server was not ready after {READY_TIMEOUT_S:.0f} s")
+
+
+def _send(connection: http.client.HTTPConnection, route: Route, headers: dict[str, str],
+          requests: int) -> None:
+    for _ in range(requests):
+        connection.request(route.method, route.path, body=route.body, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        if not 200 <= response.status < 300:
+            raise SystemExit(f"{route.name} answered {response.status}: {body[:300]!r}")
+
+
+def _instrument(pid: int, state: str) -> None:
+    subprocess.run(["callgrind_control", "-i", state, str(pid)], check=True,
+                   capture_output=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
+        return 2
+    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    wanted = [name.strip() for name in args.routes.split(",") if name.strip()]
+    routes = [route for route in ROUTES if route.name in wanted]
+    if len(routes) != len(wanted):
+        known = ", ".join(route.name for route in ROUTES)
+        print(f"unknown route in {args.routes!r} (known: {known})", file=sys.stderr)
+        return 2
+    counts: dict[str, dict[str, int]] = {}
+    total = len(names) * len(routes)
+    for index, (name, route) in enumerate(
+            ((name, route) for name in names for route in routes), start=1):
+        print(f"[{index}/{total}] {name}  {route.name} ...", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(prefix="apiforge-instructions-") as work:
+            counts.setdefault(name, {})[route.name] = count(name, route, args.requests,
+                                                            Path(work))
+    baseline = names[0]
+    print(f"{'variant':<24}" + "".join(f"{route.name:>30}" for route in routes))
+    for name in names:
+        cells = []
+        for route in routes:
+            value = counts[name][route.name]
+            ratio = counts[baseline][route.name] / value
+            cells.append(f"{value:>18,} ({ratio:.3f})")
+        print(f"{name:<24}" + "".join(f"{cell:>30}" for cell in cells))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"requests": args.requests, "baseline": baseline,
+                                         "instructions_per_request": counts}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
