@@ -38,9 +38,9 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-## bench-instructions: instructions per request under valgrind (bare, core, protected); needs valgrind
+## bench-instructions: instructions per request under valgrind; writes docs/instructions.md
 bench-instructions: $(STAMP)
-	$(BIN)/python bench/instructions.py
+	$(BIN)/python bench/instructions.py --markdown docs/instructions.md
 
 ## lock: re-pin every dependency to what is installed now
 lock:
