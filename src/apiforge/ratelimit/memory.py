@@ -99,9 +99,8 @@ class MemoryLimiter:
         best = -1
         best_remaining = 0
         best_idle = 0
-        for index, new_tat in enumerate(new_tats):
-            limit = found[index][0]
-            idle_in = new_tat - now_us
+        for index, (limit, _) in enumerate(found):
+            idle_in = new_tats[index] - now_us
             remaining = (limit.tolerance - idle_in) // limit.emission
             if remaining < 0:
                 remaining = 0
@@ -126,12 +125,11 @@ class MemoryLimiter:
         for limit, key in found:
             if limit.code != "g":
                 return None
-            # A GCRA entry is (tat, tat), live exactly while its arrival time is still ahead.
             entry = states.get(key)
             tat = entry[1] if entry is not None and entry[0] > now_us else now_us
             if not isinstance(tat, int):
                 return None  # not a GCRA state: the general path decides
-            new_tat = tat + limit.cost * limit.emission
+            new_tat = (tat if tat > now_us else now_us) + limit.cost * limit.emission
             if new_tat - limit.tolerance > now_us:
                 return None  # refused: the general path reports it
             new_tats.append(new_tat)
