@@ -97,9 +97,11 @@ def count(variant_name: str, route: Route, requests: int, work: Path) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    found = _COLLECTED.search(valgrind_log.read_text(errors="replace"))
-    if found is None:
-        raise SystemExit(f"{variant_name}: callgrind reported no count; see {valgrind_log}")
+    report = valgrind_log.read_text(errors="replace")
+    found = _COLLECTED.search(report)
+    if found is None:  # the work directory goes away: show valgrind's own words here
+        raise SystemExit(f"{variant_name}: callgrind reported no count; it said:\n"
+                         f"{report[-2000:]}")
     return round(int(found.group(1)) / requests)
 
 
