@@ -167,26 +167,22 @@ class RateLimitLayer:
         )
         if isinstance(self.limiter, MemoryLimiter):
             memory = self.limiter
-            route_key = plan.key
             # The limits and keys that apply to each caller of this route, worked out once per
-            # (address, application, user): a client sends many requests.
-            known: dict[tuple[str, str | None, str | None], list[tuple[Limit, str]]] = {}
+            # caller: a client sends many requests.
+            known: dict[Identities, list[tuple[Limit, str]]] = {}
 
             def check_memory(ctx: RequestContext, scope: Any) -> None:
-                principal = ctx.principal
-                caller = ((ctx.client, None, None) if principal is None else
-                          (ctx.client, principal.application, principal.user))
-                found = known.get(caller)
+                identities = _identities(ctx)
+                found = known.get(identities)
                 if found is None:
                     if len(known) >= _CALLERS_KEPT:
                         known.clear()
-                    found = known[caller] = applicable(limits, Identities(*caller, route_key))
+                    found = known[identities] = applicable(limits, identities)
                 if not found:
                     return  # no limit applies (a per-user limit, an anonymous caller)
                 binding = memory.admit(found)
                 if binding is None:  # refused (or not only GCRA): the whole decision
-                    self._apply(ctx, route, memory.check_all_sync(
-                        limits, Identities(*caller, route_key)))
+                    self._apply(ctx, route, memory.check_all_sync(limits, identities))
                 else:
                     ctx.extra[_BINDING] = binding
 
