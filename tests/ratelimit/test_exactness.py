@@ -36,7 +36,7 @@ def _worker(
         limiter = RedisLimiter.from_url(url, prefix, timeout=5.0)
         counts: list[int] = []
         try:
-            await limiter.redis.ping()  # connected before the start line
+            await limiter.ping()  # connected before the start line
             for index, limit in enumerate(SCENARIOS):
                 start.wait(timeout=30)
                 who = Identities(route=f"hot-{index}")

@@ -397,7 +397,7 @@ async def test_checks_pass_once_a_restarted_redis_answers_the_probe(own_redis: O
     Otherwise a recovery is followed by one more StoreError per dead pooled connection: the
     layer switches down again (deny answers 503 another second, a second pair of events).
     """
-    limiter = RedisLimiter.from_url(own_redis.url, "rl:", timeout=0.5, coalesce=False)
+    limiter = RedisLimiter.from_url(own_redis.url, "rl:", timeout=0.5)
     limit = Limit("route", rate=1000, period=3600.0, burst=1000)
     who = Identities(route="r")
     try:

@@ -126,9 +126,14 @@ def _guessing_backoff(policy: Policy) -> Any:
     if settings.store.startswith("memory://"):
         store = MemoryBackoffStore()
     else:
-        from apiforge.ratelimit.redis_limiter import RedisLimiter
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        client = RedisLimiter.from_url(settings.store, timeout=settings.timeout).redis
+        # Fail fast, as the rate limits do: a dead store costs a login milliseconds.
+        client = Redis.from_url(settings.store, protocol=2, socket_timeout=settings.timeout,
+                                socket_connect_timeout=settings.timeout,
+                                retry=Retry(NoBackoff(), 0))
         store = RedisBackoffStore(client, settings.prefix + "bo:")
     guessing = settings.guessing
     return GuessingBackoff(store, free=guessing.free, base=guessing.base,

@@ -45,48 +45,13 @@ def open_limiter(settings: RateLimitSettings) -> Limiter:
     url = settings.store
     if url.startswith("memory://"):
         return MemoryLimiter()
+    # redis is an optional dependency: imported only when a policy names it.
     from apiforge.ratelimit.redis_limiter import RedisLimiter
 
-    if url.startswith("redis+sentinel://"):
-        client, sentinel = _sentinel_client(url, settings.timeout)
-        return _sentinel_limiter(client, sentinel, settings)
-    return RedisLimiter.from_url(url, settings.prefix, timeout=settings.timeout)
-
-
-def _sentinel_client(url: str, timeout: float) -> tuple[Any, Any]:
-    """``redis+sentinel://h1:p1,h2:p2/service/db`` → the primary's client, and the Sentinel."""
-    from redis.asyncio.sentinel import Sentinel
-
-    rest = url.removeprefix("redis+sentinel://")
-    hosts, _, path = rest.partition("/")
-    service, _, db = path.partition("/")
-    if not hosts or not service:
-        raise ConfigurationError(
-            f"rate_limits.store {url!r}: write redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE/DB"
-        )
-    nodes = []
-    for node in hosts.split(","):
-        host, _, port = node.rpartition(":")
-        nodes.append((host.strip("[]"), int(port or 26379)))
-    sentinel = Sentinel(nodes, socket_timeout=timeout,  # type: ignore[no-untyped-call]
-                        socket_connect_timeout=timeout, protocol=2)
-    primary = sentinel.master_for(service, db=int(db or 0), socket_timeout=timeout,
-                                  socket_connect_timeout=timeout, protocol=2)
-    return primary, sentinel
-
-
-def _sentinel_limiter(client: Any, sentinel: Any, settings: RateLimitSettings) -> Limiter:
-    """A RedisLimiter on the primary a Sentinel names; closing it closes the Sentinel's
-    connections too. (redis is an optional dependency: imported only here.)"""
-    from apiforge.ratelimit.redis_limiter import RedisLimiter
-
-    class SentinelLimiter(RedisLimiter):
-        async def aclose(self) -> None:
-            await super().aclose()
-            for node in sentinel.sentinels:
-                await node.aclose()
-
-    return SentinelLimiter(client, settings.prefix, timeout=settings.timeout)
+    try:
+        return RedisLimiter.from_url(url, settings.prefix, timeout=settings.timeout)
+    except ValueError as exc:
+        raise ConfigurationError(f"rate_limits.store: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

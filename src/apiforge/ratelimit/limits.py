@@ -98,6 +98,8 @@ class Limit:
     code: str = field(init=False, repr=False, compare=False)
     key_head: str = field(init=False, repr=False, compare=False)
     """``<name>:<algorithm code>:``, the start of every stored key of this limit."""
+    script_args: tuple[str | int, ...] = field(init=False, repr=False, compare=False)
+    """This limit's four arguments of the Redis script (``ratelimit.lua``)."""
 
     def __post_init__(self) -> None:
         if self.scope not in _SCOPES:
@@ -132,6 +134,9 @@ class Limit:
         object.__setattr__(self, "period_us", period_us)
         object.__setattr__(self, "code", _ALGORITHM_CODES[self.algorithm])
         object.__setattr__(self, "key_head", f"{name}:{self.code}:")
+        object.__setattr__(self, "script_args", (
+            (self.code, emission, self.burst * emission, self.cost)
+            if self.algorithm == "gcra" else (self.code, period_us, self.rate, self.cost)))
 
     @property
     def quota(self) -> int:

@@ -11,14 +11,16 @@ state with ``SET ... PX``: a key can never outlive its bucket (``INCR`` then ``E
 an immortal key if the process dies in between).
 
 Calls are asyncio all the way (a synchronous Redis client blocks the event loop for every
-request in flight, slowapi #130). Checks started in the same event-loop tick are *coalesced*:
-they leave as one pipeline, one ``EVALSHA`` per check, each still atomic on its own. One awaited
-call per request costs about as much CPU as the rest of a lean request; a pipeline shares that
-cost among all requests of the tick.
+request in flight, slowapi #130), on :class:`~apiforge.stores.resp.RespClient`: one pipelined
+connection, so the checks of one event-loop tick leave in one write and their replies come back
+in one read, each check still one atomic script of its own. Through redis-py one awaited call
+cost more CPU than the rest of a protected request.
 
 Failures (refused connection, a socket timeout, a server error) raise
 :class:`~apiforge.errors.StoreError` and nothing else, so the layer applies the policy's
-``on_store_error`` (deny, allow, or :class:`FallbackLimiter` for a local limit).
+``on_store_error`` (deny, allow, or :class:`FallbackLimiter` for a local limit). Each
+connection attempt and each reply may take ``timeout``; a reply later than that drops the
+connection, and the next check connects again.
 
 Redis Cluster: the keys of one request belong to different principals (an address, a user, a
 route, the global budget) and a script may only touch keys of one hash slot. A per-principal
@@ -36,11 +38,6 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, ClassVar, Literal
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
-
 from apiforge.errors import StoreError
 from apiforge.ratelimit.limits import (
     Decision,
@@ -51,27 +48,25 @@ from apiforge.ratelimit.limits import (
     verdict,
 )
 from apiforge.ratelimit.memory import MemoryLimiter
+from apiforge.stores.resp import ReplyError, RespClient, pack
 
 __all__ = ["SCRIPT", "FallbackLimiter", "RedisLimiter"]
 
 SCRIPT: str = resources.files("apiforge.ratelimit").joinpath("ratelimit.lua").read_text("utf-8")
 """The Lua source that decides a request's limits (``ratelimit.lua`` in this package)."""
 _SHA: str = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+_LOAD = pack("SCRIPT", "LOAD", SCRIPT)
+_PING = pack("PING")
 _MICROS = 1_000_000
-_FAILURES = (RedisError, OSError, TimeoutError)
-
-_Call = tuple[list[str], list[Limit], tuple[str | int, ...]]
+_FAILURES = (OSError, TimeoutError)  # ConnectionError is an OSError
 
 
 class RedisLimiter:
-    """A limiter on Redis: one atomic ``EVALSHA`` per request, coalesced per event-loop tick.
+    """A limiter on Redis: one atomic ``EVALSHA`` per request, pipelined per event-loop tick.
 
     Args:
-        redis: a ``redis.asyncio.Redis``; give it short socket timeouts (see :meth:`from_url`)
-            and no retries, so a dead server costs a request milliseconds, not seconds.
+        client: the connection to Redis (:meth:`from_url` makes one from the policy's URL).
         prefix: prepended to every key; lets deployments share a server.
-        timeout: seconds a check may wait for Redis before it raises ``StoreError``.
-        coalesce: send the checks of one event-loop tick as one pipeline.
         hash_tag: for Redis Cluster, a tag that puts every key in one slot (see the module
             docstring); ``None`` for a single primary.
     """
@@ -80,22 +75,12 @@ class RedisLimiter:
     """Every process and instance shares one budget: safe with any number of workers."""
 
     def __init__(
-        self,
-        redis: Redis,
-        prefix: str = "apiforge:rl:",
-        *,
-        timeout: float = 0.1,
-        coalesce: bool = True,
-        hash_tag: str | None = None,
+        self, client: RespClient, prefix: str = "apiforge:rl:", *, hash_tag: str | None = None
     ) -> None:
         if hash_tag is not None and ("{" in hash_tag or "}" in hash_tag or not hash_tag):
             raise ValueError("hash_tag must be non-empty and contain no braces")
-        self._redis = redis
+        self._client = client
         self.prefix = prefix if hash_tag is None else f"{prefix}{{{hash_tag}}}:"
-        self._timeout = timeout
-        self._coalesce = coalesce
-        self._batch: list[tuple[_Call, asyncio.Future[list[Any]] | None]] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(
@@ -104,31 +89,15 @@ class RedisLimiter:
         prefix: str = "apiforge:rl:",
         *,
         timeout: float = 0.1,
-        coalesce: bool = True,
         hash_tag: str | None = None,
-        max_connections: int | None = 64,
     ) -> RedisLimiter:
-        """Connect lazily to ``redis://`` or ``rediss://`` ``url`` with fail-fast settings.
+        """A limiter on ``redis://``, ``rediss://`` or ``redis+sentinel://`` ``url``.
 
-        Socket and connect timeouts equal ``timeout`` and retries are off: the limiter must
-        answer (or raise ``StoreError``) within a request's budget.
+        It connects on the first check. ``timeout`` bounds each connection attempt and each
+        reply, and nothing is retried: the limiter answers (or raises ``StoreError``) within a
+        request's budget.
         """
-        client: Redis = Redis.from_url(
-            url,
-            # RESP2: with RESP3 redis-py skips its check for closed pooled connections, so
-            # after a Redis restart each stale connection fails one more check.
-            protocol=2,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            max_connections=max_connections,
-        )
-        return cls(client, prefix, timeout=timeout, coalesce=coalesce, hash_tag=hash_tag)
-
-    @property
-    def redis(self) -> Redis:
-        """The client (tests read keys through it)."""
-        return self._redis
+        return cls(RespClient.from_url(url, timeout=timeout), prefix, hash_tag=hash_tag)
 
     async def check_all(
         self, limits: Sequence[Limit], identities: Identities, now: float | None = None
@@ -147,15 +116,12 @@ class RedisLimiter:
         found = applicable(limits, identities, self.prefix)
         if not found:
             return combine([])
-        keys = [key for _, key in found]
-        args: list[str | int] = ["" if now is None else round(now * _MICROS)]
+        args: list[str | int] = ["EVALSHA", _SHA, len(found)]
+        args += [key for _, key in found]
+        args.append("" if now is None else round(now * _MICROS))
         for limit, _ in found:
-            if limit.algorithm == "gcra":
-                args += (limit.code, limit.emission, limit.tolerance, limit.cost)
-            else:
-                args += (limit.code, limit.period_us, limit.rate, limit.cost)
-        call: _Call = (keys, [limit for limit, _ in found], tuple(args))
-        reply = await (self._coalesced(call) if self._coalesce else self._one(call))
+            args += limit.script_args
+        reply = await self._run(pack(*args))
         verdicts = []
         for index, (limit, key) in enumerate(found):
             at = 1 + 4 * index
@@ -165,102 +131,36 @@ class RedisLimiter:
             )
         return combine(verdicts)
 
-    async def _one(self, call: _Call) -> list[Any]:
-        keys, _, args = call
+    async def _run(self, command: bytes) -> list[Any]:
+        client = self._client
         try:
-            async with asyncio.timeout(self._timeout):
-                try:
-                    reply = await self._redis.evalsha(_SHA, len(keys), *keys, *args)
-                except NoScriptError:
-                    # The server restarted or flushed its script cache.
-                    await self._redis.script_load(SCRIPT)
-                    reply = await self._redis.evalsha(_SHA, len(keys), *keys, *args)
+            pending = client.call(command)
+            reply = await (pending if pending is not None else client.execute(command))
+            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+                # The server restarted or flushed its script cache.
+                await client.execute(_LOAD)
+                reply = await client.execute(command)
         except _FAILURES as exc:
             raise StoreError(f"redis: rate-limit check failed ({type(exc).__name__})") from exc
-        return list(reply)
-
-    async def _coalesced(self, call: _Call) -> list[Any]:
-        batch = self._batch
-        if batch is not None:
-            future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-            batch.append((call, future))
-            return await future
-        # The first check of a tick leads: it yields once so the other requests of the tick
-        # can join, then sends them all. Alone, it makes a plain call.
-        batch = self._batch = [(call, None)]
-        try:
-            await asyncio.sleep(0)
-        finally:
-            self._batch = None
-            if len(batch) > 1:
-                # In a task of its own: a cancelled leader must not strand the others.
-                own: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-                batch[0] = (call, own)
-                task = asyncio.create_task(self._send(batch))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        if len(batch) == 1:
-            return await self._one(call)
-        leader_future = batch[0][1]
-        if leader_future is None:  # set just above; checked rather than asserted (python -O)
-            raise StoreError("rate-limit batch lost its result")
-        return await leader_future
-
-    async def _send(self, batch: list[tuple[_Call, asyncio.Future[list[Any]] | None]]) -> None:
-        try:
-            replies = await self._pipeline([call for call, _ in batch])
-        except StoreError as exc:
-            for _, future in batch:
-                if future is not None and not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future is None or future.done():
-                continue
-            if isinstance(reply, BaseException):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-    async def _pipeline(self, calls: list[_Call]) -> list[list[Any] | StoreError]:
-        try:
-            async with asyncio.timeout(self._timeout):
-                replies = await self._execute(calls)
-                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-                if missing:
-                    await self._redis.script_load(SCRIPT)
-                    again = await self._execute([calls[i] for i in missing])
-                    for i, reply in zip(missing, again, strict=True):
-                        replies[i] = reply
-        except _FAILURES as exc:
-            raise StoreError(f"redis: rate-limit check failed ({type(exc).__name__})") from exc
-        out: list[list[Any] | StoreError] = []
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                error = StoreError(f"redis: rate-limit script failed ({type(reply).__name__})")
+        if not isinstance(reply, list):
+            error = StoreError(f"redis: rate-limit script failed ({type(reply).__name__})")
+            if isinstance(reply, ReplyError):
                 error.__cause__ = reply
-                out.append(error)
-            else:
-                out.append(list(reply))
-        return out
-
-    async def _execute(self, calls: list[_Call]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for keys, _, args in calls:
-            pipe.execute_command("EVALSHA", _SHA, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+            raise error
+        return reply
 
     async def ping(self) -> None:
         """Check that Redis answers; raises ``StoreError`` otherwise."""
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._redis.ping()
+            reply = await self._client.execute(_PING)
         except _FAILURES as exc:
             raise StoreError(f"redis: ping failed ({type(exc).__name__})") from exc
+        if isinstance(reply, ReplyError):
+            raise StoreError(f"redis: ping failed ({reply})")
 
     async def aclose(self) -> None:
-        """Close the client's connections."""
-        await self._redis.aclose()
+        """Close the client's connection."""
+        await self._client.aclose()
 
 
 Mode = Literal["primary", "local"]
