@@ -649,6 +649,8 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
         f"- Each round gives a ratio of the variant's req/s to `{baseline}` on the same route in"
         " the same round; the table shows the median of those ratios, and the median req/s,"
         " p50 and p99 over the rounds; the ratio range is the lowest and highest round.",
+        "- Every variant is sent the same request bytes: the baselines get the demo's API key"
+        " and bearer token too, and ignore them.",
         "- Every route is checked for a 2xx answer before the load starts. Runs with non-2xx"
         " answers or socket errors are flagged and left out of the medians.",
         "",

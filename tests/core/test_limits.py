@@ -218,16 +218,19 @@ async def test_deadline_interrupts_database_work_in_a_thread(tmp_path: Any) -> N
 async def test_the_watch_cancels_the_task_that_is_running_the_request() -> None:
     # The deadline watch finds each request's task by its own lookup (faster than
     # asyncio.current_task on Python 3.11): it must name the same task, in every task.
-    from apiforge.core.deadlines import _current_task
+    from apiforge.core.deadlines import DeadlineWatch
+
+    watch = DeadlineWatch()
 
     async def named() -> tuple[object, object]:
         await asyncio.sleep(0)
-        return _current_task(), asyncio.current_task()
+        entry = watch.watch(30.0, 10.0)
+        watch.release(entry)
+        return entry.task, asyncio.current_task()
 
     tasks = [asyncio.create_task(named()) for _ in range(5)]
     for task, (ours, theirs) in zip(tasks, await asyncio.gather(*tasks), strict=True):
         assert ours is theirs is task
-    assert _current_task() is asyncio.current_task()
 
 
 async def test_one_watcher_serves_requests_that_never_yield() -> None:

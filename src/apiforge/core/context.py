@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["SCOPE_KEY", "Principal", "RequestContext", "get_context"]
 
 SCOPE_KEY = "apiforge.context"
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class Principal:
         }))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestContext:
     """What the layers know about one request.
 
@@ -69,13 +70,32 @@ class RequestContext:
     method: str
     path: str
     headers: Mapping[bytes, bytes]
-    route: RoutePlan | None = None
-    path_params: Mapping[str, str] = field(default_factory=dict)
-    principal: Principal | None = None
-    json: Any = None
-    model: Any = None
-    decision: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    route: RoutePlan | None
+    path_params: Mapping[str, str]
+    principal: Principal | None
+    json: Any
+    model: Any
+    decision: Any
+    extra: dict[str, Any]
+
+    def __init__(  # written out: one made per request, without the dataclass's factory calls
+        self, request_id: str, client: str, scheme: str, method: str, path: str,
+        headers: Mapping[bytes, bytes], route: RoutePlan | None = None,
+        path_params: Mapping[str, str] = _NO_PARAMS, principal: Principal | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.client = client
+        self.scheme = scheme
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.route = route
+        self.path_params = path_params
+        self.principal = principal
+        self.json = None
+        self.model = None
+        self.decision = None
+        self.extra = {}
 
 
 def get_context(scope: Mapping[str, Any]) -> RequestContext | None:

@@ -11,7 +11,6 @@ import asyncio
 import math
 import sys
 import time
-from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Literal
 
@@ -50,38 +49,18 @@ def sqlite_progress_handler() -> int:
 TICK = 0.1
 
 
-def _task_lookup() -> Callable[[], asyncio.Task[object] | None]:
-    """``asyncio.current_task``, without its two Python-level calls on Python 3.11.
-
-    From 3.12 the function is C and as fast as the lookup it makes; on 3.11 the same lookup is
-    made here directly, in the table asyncio itself keeps (checked to be there, else the
-    public function is used).
-    """
-    table = getattr(asyncio.tasks, "_current_tasks", None)
-    running_loop = getattr(asyncio.events, "_get_running_loop", None)
-    if sys.version_info >= (3, 12) or not isinstance(table, dict) or running_loop is None:
-        return asyncio.current_task
-
-    def current_task() -> asyncio.Task[object] | None:
-        return table.get(running_loop())
-
-    return current_task
-
-
-_current_task = _task_lookup()
-
-
 class Watched:
     """One watched request. ``expired`` says why it was cancelled, if it was."""
 
     __slots__ = ("deadline", "expired", "idle", "idle_deadline", "task")
 
-    def __init__(self, task: asyncio.Task[object], deadline: float, idle: float) -> None:
-        self.task = task
-        self.deadline = deadline
+    def __init__(self, seconds: float, idle: float) -> None:
+        self.deadline = time.monotonic() + seconds
         self.idle = idle
         self.idle_deadline = math.inf
         self.expired: Literal["deadline", "idle"] | None = None
+        self.task: asyncio.Task[object] | None = None
+        """The request's task, set by :meth:`DeadlineWatch.add`."""
 
     def reading_body(self) -> None:
         """Body bytes arrived: the slow-body clock starts again."""
@@ -89,6 +68,14 @@ class Watched:
 
     def body_done(self) -> None:
         self.idle_deadline = math.inf
+
+
+# asyncio.current_task() without its two Python-level calls on Python 3.11: the same lookup,
+# made directly in the table asyncio keeps (checked to be there). From 3.12 it is C.
+_TASKS = getattr(asyncio.tasks, "_current_tasks", None)
+_RUNNING_LOOP = getattr(asyncio.events, "_get_running_loop", None)
+if sys.version_info >= (3, 12) or not isinstance(_TASKS, dict) or _RUNNING_LOOP is None:
+    _TASKS = _RUNNING_LOOP = None
 
 
 class DeadlineWatch:
@@ -102,17 +89,25 @@ class DeadlineWatch:
         """A request started since the watcher last woke."""
 
     def watch(self, seconds: float, idle: float) -> Watched:
-        task = _current_task()
+        """Watch the current task: cancelled ``seconds`` from now, or ``idle`` seconds after
+        the last body bytes while a body is being read."""
+        entry = Watched(seconds, idle)
+        self.add(entry)
+        return entry
+
+    def add(self, entry: Watched) -> None:
+        """Watch the current task against ``entry``'s deadlines."""
+        task = (_TASKS.get(_RUNNING_LOOP()) if _TASKS is not None and _RUNNING_LOOP is not None
+                else asyncio.current_task())
         if task is None:  # pragma: no cover - ASGI servers always run requests in tasks
             raise RuntimeError("requests must run inside an asyncio task")
-        entry = Watched(task, time.monotonic() + seconds, idle)
+        entry.task = task
         _deadline.set(entry.deadline)
         self._active.add(entry)
         self._seen = True
         if self._watcher is None:
             loop = self._loop = task.get_loop()
             self._watcher = loop.create_task(self._run())
-        return entry
 
     def release(self, entry: Watched) -> None:
         self._active.discard(entry)
@@ -139,4 +134,5 @@ class DeadlineWatch:
                     entry.expired = "idle"
                 else:
                     continue
-                entry.task.cancel()
+                if entry.task is not None:
+                    entry.task.cancel()

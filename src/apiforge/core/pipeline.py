@@ -166,6 +166,7 @@ class Pipeline:
             for layer in self.layers:
                 layer.attach(plan)
             plan.response_start_hooks = (*self._response_hooks, *plan.response_start_hooks)
+            plan.status_counts = self.metrics.route_counts(plan.key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -228,39 +229,56 @@ class Pipeline:
             await self._send_problem(send, crash, ctx, head)
             return
 
-        response = _Response()
-        watched = self._deadlines.watch(plan.deadline, plan.body_idle)
+        response = _Response(plan.deadline, plan.body_idle)
+        self._deadlines.add(response)
+        in_app = False
         try:
             if plan.read_body or b"content-length" in headers or b"transfer-encoding" in headers:
-                receive = await self._prepare_body(ctx, plan, receive, response, watched)
+                receive = await self._prepare_body(ctx, plan, receive, response)
             for wrap in plan.receive_wrappers:
                 receive = wrap(ctx, receive)
-            await self._call_app(scope, receive, send, ctx, plan, head, response, watched)
+            in_app = True
+            await self.app(scope, receive, self._sender(send, ctx, plan, head, response))
         except asyncio.CancelledError:
-            if watched.expired is None:
+            if response.expired is None:
                 raise  # the server is cancelling us: not ours to swallow
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            late = _late(watched)
+            late = _late(response)
             self._denied(ctx, late)
             if not response.started:
                 await self._send_problem(send, late, ctx, head)
             # Otherwise the response is cut short: returning without completing it makes the
             # server abort the connection, so the client cannot mistake it for a whole answer.
-        except ApiError as error:
-            self._denied(ctx, error)
-            if not response.started:
+        except ApiError as error:  # from a body check, or an app written against our errors
+            if response.started:
+                logger.error("app raised %s after starting its response", error.code,
+                             extra={"request_id": request_id})
+            else:
+                self._denied(ctx, error)
                 await self._send_problem(send, error, ctx, head)
         except Exception:
-            logger.exception("request body handling failed; request denied",
-                             extra={"request_id": request_id})
-            crash = InternalError(reason="body_layer_exception")
-            self._denied(ctx, crash)
+            if not in_app:
+                logger.exception("request body handling failed; request denied",
+                                 extra={"request_id": request_id})
+                failed: ApiError = InternalError(reason="body_layer_exception")
+                self._denied(ctx, failed)
+            elif response.refusal is not None:  # our own refusal, raised through the app
+                failed = response.refusal
+                self._denied(ctx, failed)
+            else:
+                logger.exception("unhandled exception in the app",
+                                 extra={"request_id": request_id})
+                self.events.emit(make_event("sys_crash", ctx=ctx, level="CRITICAL",
+                                            outcome="error", reason="app_exception"))
+                failed = InternalError()
             if not response.started:
-                await self._send_problem(send, crash, ctx, head)
+                await self._send_problem(send, failed, ctx, head)
+            # Once the response has started nothing honest can be sent: returning without
+            # completing it makes the server abort the connection.
         finally:
-            self._deadlines.release(watched)
+            self._deadlines.release(response)
 
     def _lifespan_send(self, send: Send) -> Send:
         """Close the layers' connections and our own event writer when the server shuts down."""
@@ -285,8 +303,7 @@ class Pipeline:
             self.events.close()
 
     async def _prepare_body(
-        self, ctx: RequestContext, plan: RoutePlan, receive: Receive, response: _Response,
-        watched: Watched,
+        self, ctx: RequestContext, plan: RoutePlan, receive: Receive, response: _Response
     ) -> Receive:
         """Read and check the body when the plan needs it; otherwise limit it as it streams."""
         headers = ctx.headers
@@ -304,11 +321,11 @@ class Pipeline:
                 await drain(receive)
             raise PayloadTooLarge(reason=f"declared_over_{limit}")
         if not plan.read_body:
-            watched.reading_body()
-            return stream_limit(receive, limit, response.refuse, watched.reading_body,
-                                watched.body_done)
-        watched.reading_body()
-        body = await read_body(receive, limit, watched.reading_body, watched.body_done)
+            response.reading_body()
+            return stream_limit(receive, limit, response.refuse, response.reading_body,
+                                response.body_done)
+        response.reading_body()
+        body = await read_body(receive, limit, response.reading_body, response.body_done)
         if plan.report_only and len(body) > plan.body_limit:
             self._report(ctx, PayloadTooLarge(reason=f"body_over_{plan.body_limit}"))
         for hook in plan.body_hooks:
@@ -317,19 +334,21 @@ class Pipeline:
                 body = replaced
         return replay(body, receive)
 
-    async def _call_app(
-        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
-        plan: RoutePlan, head: bool, response: _Response, watched: Watched,
-    ) -> None:
+    def _sender(
+        self, send: Send, ctx: RequestContext, plan: RoutePlan, head: bool, response: _Response
+    ) -> Send:
+        """The ``send`` the app gets: our headers on its answer, its errors made problems, and
+        answers that a response check must see held back until their body is whole."""
         id_header = (b"x-request-id", ctx.request_id.encode("ascii"))
         response_hooks = plan.response_start_hooks
         transforms = plan.response_transforms
         observe = self.metrics.observe
         route_key = plan.key
+        counts = plan.status_counts
 
         async def send_wrapper(message: Message) -> None:
             if response.held is not None:
-                await release(message)
+                await self._release(send, ctx, head, transforms, response, message)
                 return
             if response.replaced is not None:
                 # Swallow the app's own error body; ours goes out once its body is complete.
@@ -344,11 +363,11 @@ class Pipeline:
                     response.replaced = response.refusal
                     observe(route_key, response.refusal.status)
                     return
-                if watched.expired is not None or monotonic() >= watched.deadline:
+                if response.expired is not None or monotonic() >= response.deadline:
                     # Work that shields itself from cancellation (a thread) finished late:
                     # its answer is past the deadline and is not sent.
-                    watched.expired = watched.expired or "deadline"
-                    late = _late(watched)
+                    response.expired = response.expired or "deadline"
+                    late = _late(response)
                     self._denied(ctx, late)
                     response.replaced = late
                     observe(route_key, late.status)
@@ -357,7 +376,10 @@ class Pipeline:
                     response.replaced = _error_for(status, app_headers)
                     observe(route_key, response.replaced.status)
                     return
-                observe(route_key, status)
+                try:
+                    counts[status] += 1
+                except KeyError:
+                    counts[status] = 1
                 out = [*app_headers, id_header]
                 for hook in response_hooks:
                     hook(ctx, status, out)
@@ -368,82 +390,64 @@ class Pipeline:
                     return
             await send(message)
 
-        async def release(message: Message) -> None:
-            """Collect a held answer's body; once whole, transform it and send it."""
-            if message["type"] != "http.response.body":
-                return
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
-            held = response.held_body
-            if held or more:  # a body in several messages: gather them
-                held.append(body)
-                size = sum(map(len, held))
-            else:
-                size = len(body)
-            if size > _MAX_TRANSFORMED:
-                # Fail closed: an answer too large to check is not sent unchecked.
-                response.held = None
-                response.replaced = InternalError(reason="response_too_large_to_check")
-                self._denied(ctx, response.replaced)
-                if not more:
-                    await self._send_problem(send, response.replaced, ctx, head, count=False)
-                return
-            if more:
-                return
-            if held:
-                body = b"".join(held)
-            start = response.held
-            response.held = None
-            if start is None:  # release() runs only while an answer is held
-                return
-            original = body
-            try:
-                for transform in transforms:
-                    body = transform(ctx, start["status"], body)
-            except ApiError as error:
-                failed: ApiError = error
-            except Exception:
-                logger.exception("response check failed; answer withheld",
-                                 extra={"request_id": ctx.request_id})
-                failed = InternalError(reason="response_check_exception")
-            else:
-                if body is not original:
-                    start["headers"] = [
-                        (name, str(len(body)).encode("ascii") if name == b"content-length"
-                         else value)
-                        for name, value in start["headers"]
-                    ]
-                response.started = True
-                await send(start)
-                message["body"] = b"" if head else body
-                await send(message)
-                return
-            response.replaced = failed  # the app's answer is dropped, ours goes out
-            self._denied(ctx, failed)
-            await self._send_problem(send, failed, ctx, head, count=False)
+        return send_wrapper
 
+    async def _release(
+        self, send: Send, ctx: RequestContext, head: bool,
+        transforms: Sequence[Callable[..., bytes]], response: _Response, message: Message,
+    ) -> None:
+        """Collect a held answer's body; once whole, transform it and send it."""
+        if message["type"] != "http.response.body":
+            return
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        held = response.held_body
+        if held or more:  # a body in several messages: gather them
+            held.append(body)
+            size = sum(map(len, held))
+        else:
+            size = len(body)
+        if size > _MAX_TRANSFORMED:
+            # Fail closed: an answer too large to check is not sent unchecked.
+            response.held = None
+            response.replaced = InternalError(reason="response_too_large_to_check")
+            self._denied(ctx, response.replaced)
+            if not more:
+                await self._send_problem(send, response.replaced, ctx, head, count=False)
+            return
+        if more:
+            return
+        if held:
+            body = b"".join(held)
+        start = response.held
+        response.held = None
+        if start is None:  # _release() runs only while an answer is held
+            return
+        original = body
         try:
-            await self.app(scope, receive, send_wrapper)
-        except ApiError as error:  # raised by an app written against our error types
-            if response.started:
-                logger.error("app raised %s after starting its response", error.code,
-                             extra={"request_id": ctx.request_id})
-                return
-            self._denied(ctx, error)
-            await self._send_problem(send, error, ctx, head)
+            for transform in transforms:
+                body = transform(ctx, start["status"], body)
+        except ApiError as error:
+            failed: ApiError = error
         except Exception:
-            if response.refusal is not None:  # our own refusal, raised through the app
-                self._denied(ctx, response.refusal)
-                if not response.started:
-                    await self._send_problem(send, response.refusal, ctx, head)
-                return
-            logger.exception("unhandled exception in the app", extra={"request_id": ctx.request_id})
-            self.events.emit(make_event("sys_crash", ctx=ctx, level="CRITICAL", outcome="error",
-                                        reason="app_exception"))
-            if not response.started:
-                await self._send_problem(send, InternalError(), ctx, head)
-            # Once the response has started nothing honest can be sent: returning without
-            # completing it makes the server abort the connection.
+            logger.exception("response check failed; answer withheld",
+                             extra={"request_id": ctx.request_id})
+            failed = InternalError(reason="response_check_exception")
+        else:
+            if body is not original:
+                start["headers"] = [
+                    (name, str(len(body)).encode("ascii") if name == b"content-length"
+                     else value)
+                    for name, value in start["headers"]
+                ]
+            response.started = True
+            await send(start)
+            message["body"] = b"" if head else body
+            await send(message)
+            return
+        response.replaced = failed  # the app's answer is dropped, ours goes out
+        self._denied(ctx, failed)
+        await self._send_problem(send, failed, ctx, head, count=False)
 
     def _check_header_sizes(
         self, ctx: RequestContext, raw_headers: Sequence[tuple[bytes, bytes]]
@@ -509,12 +513,13 @@ def _late(watched: Watched) -> ApiError:
     return late
 
 
-class _Response:
-    """What the pipeline knows about the response of one request."""
+class _Response(Watched):
+    """What the pipeline knows about the response of one request, and its deadlines."""
 
     __slots__ = ("held", "held_body", "refusal", "replaced", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float, idle: float) -> None:
+        super().__init__(seconds, idle)
         self.started = False
         self.replaced: ApiError | None = None
         self.refusal: ApiError | None = None

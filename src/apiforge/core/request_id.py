@@ -27,4 +27,4 @@ class RequestIds:
         supplied = headers.get(b"x-request-id")
         if supplied is not None and _SUPPLIED.match(supplied):
             return supplied.decode("ascii")
-        return f"{self._prefix}{next(self._counter):x}"
+        return self._prefix + hex(next(self._counter))  # "...r0x1000002a"

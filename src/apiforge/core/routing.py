@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from apiforge.errors import BadRequest, MethodNotAllowed, NotFound
@@ -55,6 +56,8 @@ class RoutePlan:
     report_only: bool = False
     deadline: float = 30.0
     body_idle: float = 10.0
+    status_counts: dict[int, int] = field(default_factory=dict)
+    """Answers by status, counted on the request path (the pipeline's metrics read them)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -85,10 +88,10 @@ class RouteMatch(NamedTuple):
     """The matched plan and the values of its ``{name}`` segments."""
 
     plan: RoutePlan
-    params: dict[str, str]
+    params: Mapping[str, str]
 
 
-_NO_PARAMS: dict[str, str] = {}
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 # Templated paths whose match is remembered; the table is emptied when it is full. Only short
 # paths are kept, so the table stays small whatever lengths a client sends.
 _RECENT_PATHS = 1024
@@ -107,7 +110,7 @@ class RouteTable:
         self._static: dict[str, dict[str, RoutePlan]] = {}
         # The match of each static route, made once: most requests take this path.
         self._static_matches: dict[str, dict[str, RouteMatch]] = {}
-        self._recent: dict[str, tuple[dict[str, RoutePlan], dict[str, str]]] = {}
+        self._recent: dict[str, dict[str, RouteMatch]] = {}
         dynamic: dict[str, dict[str, RoutePlan]] = {}
         for key, settings in routes.items():
             method, template = parse_route_key(key)
@@ -137,30 +140,26 @@ class RouteTable:
             MethodNotAllowed: the path is declared, but not for ``method``.
             TrailingSlashRedirect: ``redirect`` mode and the other slash form is declared.
         """
-        # Fast path: no percent-encoding at all and an exact static route. A declared static
-        # template was checked at load time, so such a path is safe as it is.
+        # Fast path: no percent-encoding at all, and an exact static route (its template was
+        # checked at load time, so such a path is safe as it is) or a templated path seen
+        # lately (`/v1/users/1` again: it passed the checks below then, and passes them again).
         plain = raw_path is None or b"%" not in raw_path
         if plain:
             matches = self._static_matches.get(path)
+            if matches is None:
+                matches = self._recent.get(path)
             if matches is not None:
-                static = matches.get(method)
-                if static is None:
+                known = matches.get(method)
+                if known is None:
                     raise MethodNotAllowed(matches, reason="method_not_declared")
-                return static
-            # A templated path seen lately (`/v1/users/1` again): it passed the checks below
-            # then, and the same text passes them again.
-            seen = self._recent.get(path)
-            if seen is not None:
-                plan = seen[0].get(method)
-                if plan is None:
-                    raise MethodNotAllowed(seen[0], reason="method_not_declared")
-                return RouteMatch(plan, dict(seen[1]))
+                return known
         self._check_path(path, raw_path)
         found = self._lookup(path)
         if plain and found is not None and found[1] and len(path) <= _RECENT_PATH_LENGTH:
             if len(self._recent) >= _RECENT_PATHS:
                 self._recent.clear()  # bounded: a scan of many ids costs a refill, no memory
-            self._recent[path] = found
+            # The values are read-only: one copy serves every request for this path.
+            self._recent[path] = {m: RouteMatch(plan, found[1]) for m, plan in found[0].items()}
         if found is None:
             if self._redirect and method in ("GET", "HEAD") and path != "/":
                 other = path[:-1] if path.endswith("/") else path + "/"
@@ -173,14 +172,14 @@ class RouteTable:
             raise MethodNotAllowed(methods, reason="method_not_declared")
         return RouteMatch(plan, params)
 
-    def _lookup(self, path: str) -> tuple[dict[str, RoutePlan], dict[str, str]] | None:
+    def _lookup(self, path: str) -> tuple[dict[str, RoutePlan], Mapping[str, str]] | None:
         methods = self._static.get(path)
         if methods is not None:
             return methods, _NO_PARAMS
         for pattern, methods in self._dynamic:
             m = pattern.match(path)
             if m is not None:
-                return methods, m.groupdict()
+                return methods, MappingProxyType(m.groupdict())
         return None
 
     @staticmethod

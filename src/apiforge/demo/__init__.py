@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from apiforge.core.pipeline import ASGIApp, Pipeline
     from apiforge.events import EventBus
 
-__all__ = ["DEMO_POLICY_PATH", "load_demo_policy", "protected_demo_app", "resolve_data_dir"]
+__all__ = ["DEMO_POLICY_PATH", "load_demo_policy", "prepare_demo_data", "protected_demo_app",
+           "resolve_data_dir"]
 
 DEMO_POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
@@ -38,27 +39,17 @@ def resolve_data_dir(policy: Policy, data_dir: Path) -> Policy:
     return policy.model_copy(update={"authentication": auth.model_copy(update=changes)})
 
 
-def protected_demo_app(
-    data_dir: Path,
-    policy: Policy | None = None,
-    events: EventBus | None = None,
-    app: ASGIApp | None = None,
-) -> Pipeline:
-    """The demo users API (or ``app``) behind every layer its policy names.
+def prepare_demo_data(data_dir: Path, policy: Policy | None = None) -> Policy:
+    """Create the demo's first-start data in ``data_dir`` unless it is there already.
 
-    Call it with no event loop running: the first start of a data directory creates the
-    demo's pepper, signing keys, application, API key and accounts (``demo-credentials.json``).
-    With ``app``, the identity provider's routes are not served (the app is benchmarked alone).
+    That is its pepper, signing keys, application, API key and accounts
+    (``demo-credentials.json``). Call it with no event loop running. Returns the policy with
+    ``{data_dir}`` resolved.
     """
     import asyncio
 
-    from apiforge.core.pipeline import event_bus
-    from apiforge.demo.app import create_app
-    from apiforge.demo.auth import auth_routes
     from apiforge.demo.bootstrap import ensure_demo_identity
-    from apiforge.demo.schemas import ProfileUpdate
     from apiforge.identity.runtime import IdentityRuntime, ensure_pepper_file
-    from apiforge.protection import protect
 
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     resolved = resolve_data_dir(policy or load_demo_policy(), data_dir)
@@ -73,6 +64,29 @@ def protected_demo_app(
             await runtime.stop()
 
     asyncio.run(bootstrap())
+    return resolved
+
+
+def protected_demo_app(
+    data_dir: Path,
+    policy: Policy | None = None,
+    events: EventBus | None = None,
+    app: ASGIApp | None = None,
+) -> Pipeline:
+    """The demo users API (or ``app``) behind every layer its policy names.
+
+    Call it with no event loop running: the first start of a data directory creates the
+    demo's pepper, signing keys, application, API key and accounts (``demo-credentials.json``).
+    With ``app``, the identity provider's routes are not served (the app is benchmarked alone).
+    """
+    from apiforge.core.pipeline import event_bus
+    from apiforge.demo.app import create_app
+    from apiforge.demo.auth import auth_routes
+    from apiforge.demo.schemas import ProfileUpdate
+    from apiforge.identity.runtime import IdentityRuntime
+    from apiforge.protection import protect
+
+    resolved = prepare_demo_data(data_dir, policy)
     bus = events if events is not None else event_bus(resolved.events)
     identity = IdentityRuntime(resolved.authentication)
     if app is None:

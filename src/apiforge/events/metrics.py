@@ -37,6 +37,9 @@ class _Collector:
         # dict.copy() runs in C without releasing the GIL: a consistent snapshot even while the
         # event loop keeps counting in another thread.
         requests = m._requests.copy()
+        for route, counts in m._routes.copy().items():
+            for status, count in counts.copy().items():
+                requests[route, status] = requests.get((route, status), 0) + count
         events = m._events.copy()
         family = CounterMetricFamily(
             "apiforge_requests",
@@ -88,6 +91,8 @@ class RequestMetrics:
         if max_series < 1:
             raise ValueError(f"max_series must be at least 1, got {max_series}")
         self._requests: dict[tuple[str, int], int] = {}
+        self._routes: dict[str, dict[int, int]] = {}
+        """Counts by status of the declared routes that count for themselves (route_counts)."""
         self._events: dict[str, int] = {}
         self._dropped = dropped
         self._max_series = max_series
@@ -107,6 +112,15 @@ class RequestMetrics:
             self._requests[key] += 1
         except KeyError:
             self._add_request(key)
+
+    def route_counts(self, route: str) -> dict[int, int]:
+        """The counts of one declared route by status, for the request path to add to itself.
+
+        ``counts[status] += 1`` on the dict returned is :meth:`observe` without a call or a
+        tuple per request. Statuses are three-digit numbers and routes are declared, so these
+        dicts stay small.
+        """
+        return self._routes.setdefault(route, {})
 
     def _add_request(self, key: tuple[str, int]) -> None:
         if len(self._requests) >= self._max_series:
@@ -129,7 +143,7 @@ class RequestMetrics:
 
     def request_count(self, route: str, status: int) -> int:
         """How many requests to ``route`` were answered with ``status``."""
-        return self._requests.get((route, status), 0)
+        return self._requests.get((route, status), 0) + self._routes.get(route, {}).get(status, 0)
 
     def event_count(self, event_name: str) -> int:
         """How many events named ``event_name`` were counted."""
