@@ -37,6 +37,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from hashlib import blake2b
 from typing import TYPE_CHECKING, Final, Literal
 
 from apiforge.errors import ApiForgeError, ConfigurationError
@@ -385,7 +386,7 @@ class ApiKeyService:
         self.cache: Final = cache if cache is not None else KeyCache()
         self._last_used: dict[str, float] = {}  # key id -> POSIX seconds
         self._rehash: dict[str, tuple[bytes, bytes]] = {}
-        # SHA-256 of keys that passed the full check -> (key id, digest checked against).
+        # BLAKE2b of keys that passed the full check -> (key id, digest checked against).
         self._verified: dict[bytes, tuple[str, bytes]] = {}
 
     # -- the request path: no I/O ------------------------------------------------------------
@@ -395,7 +396,7 @@ class ApiKeyService:
 
         No store is queried: a key unknown to the cache is refused, so a flood of random keys
         costs a parse and a dict lookup each. A key that passed the full check is remembered
-        by its SHA-256 (never in clear), so its next requests skip the parse and the HMAC as
+        by its BLAKE2b digest (never in clear), so its next requests skip the parse and the HMAC as
         long as the key's record keeps the digest it was checked against; its state (revoked,
         rotated, expired) is checked on every request.
 
@@ -411,7 +412,7 @@ class ApiKeyService:
                 ``wrong_secret``, ``revoked``, ``rotated_out`` or ``expired``.
         """
         raw = text.reveal() if isinstance(text, Secret) else text
-        fingerprint = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).digest()
+        fingerprint = blake2b(raw.encode("utf-8", "surrogatepass")).digest()
         seen = self._verified.get(fingerprint)
         if seen is not None:
             record = self.cache.get(seen[0])

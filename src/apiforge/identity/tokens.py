@@ -34,7 +34,6 @@ Exceptions::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -60,7 +59,7 @@ from apiforge.identity.jwks import (
     load_pem_key,
     parse_jwk_set,
 )
-from apiforge.identity.token_cache import VerifiedTokenCache
+from apiforge.identity.token_cache import VerifiedTokenCache, token_digest
 from apiforge.secrets import Secret
 
 __all__ = [
@@ -268,8 +267,8 @@ class VerifiedToken:
         jti: the token id, if given (the key for revocation).
         scopes: from the ``scope`` string (space-separated, RFC 8693 / RFC 9068) and the ``scp``
             array, merged.
-        digest: SHA-256 of the complete token text (the cache key; safe to log, unlike the
-            token).
+        digest: BLAKE2b digest of the complete token text (``token_digest``: the cache
+            key; safe to log, unlike the token).
         kid: the key id used, if the token named one.
         alg: the algorithm that verified it.
     """
@@ -445,7 +444,7 @@ class TokenVerifier:
         if len(token) > self._max_bytes:
             return None  # verify() refuses it with its own reason
         now = _now(now)
-        hit = self._cache.get(hashlib.sha256(token.encode("ascii")).digest(), now=now)
+        hit = self._cache.get(token_digest(token), now=now)
         if hit is not None:
             self._recheck(hit, now, audience)
         return hit
@@ -509,7 +508,7 @@ class TokenVerifier:
             raise _refuse("too_large" if isinstance(token, str) else "malformed")
         if not token.isascii():  # O(1) in CPython; a JWS is ASCII by construction
             raise _refuse("malformed")
-        digest = hashlib.sha256(token.encode("ascii")).digest()
+        digest = token_digest(token)
         if self._cache is not None:
             hit = self._cache.get(digest, now=now)
             if hit is not None:

@@ -133,21 +133,24 @@ class RateLimitLayer:
         if isinstance(self.limiter, MemoryLimiter):
             memory = self.limiter
             # The limits and keys that apply to each caller of this route, worked out once per
-            # caller: a client sends many requests.
-            known: dict[Identities, list[tuple[Limit, str]]] = {}
+            # caller (a client sends many requests), by what of its Identities can vary within
+            # one route: everything but the route.
+            known: dict[tuple[str, str | None, str | None], list[tuple[Limit, str]]] = {}
 
             def check_memory(ctx: RequestContext, scope: Any) -> None:
-                identities = _identities(ctx)
-                found = known.get(identities)
+                principal = ctx.principal
+                caller = ((ctx.client, principal.application, principal.user)
+                          if principal is not None else (ctx.client, None, None))
+                found = known.get(caller)
                 if found is None:
                     if len(known) >= _CALLERS_KEPT:
                         known.clear()
-                    found = known[identities] = applicable(limits, identities)
+                    found = known[caller] = applicable(limits, _identities(ctx))
                 if not found:
                     return  # no limit applies (a per-user limit, an anonymous caller)
                 binding = memory.admit(found)
                 if binding is None:  # refused (or not only GCRA): the whole decision
-                    self._apply(ctx, route, memory.check_all_sync(limits, identities))
+                    self._apply(ctx, route, memory.check_all_sync(limits, _identities(ctx)))
                 else:
                     ctx.extra[_BINDING] = binding
 

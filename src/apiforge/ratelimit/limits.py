@@ -94,6 +94,8 @@ class Limit:
     """GCRA: microseconds per unit request, rounded up so the rate is never exceeded."""
     tolerance: int = field(init=False, repr=False, compare=False)
     """GCRA: ``burst * emission``."""
+    increment: int = field(init=False, repr=False, compare=False)
+    """GCRA: ``cost * emission``, what one request adds to the arrival time."""
     period_us: int = field(init=False, repr=False, compare=False)
     code: str = field(init=False, repr=False, compare=False)
     key_head: str = field(init=False, repr=False, compare=False)
@@ -131,6 +133,7 @@ class Limit:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "emission", emission)
         object.__setattr__(self, "tolerance", self.burst * emission)
+        object.__setattr__(self, "increment", self.cost * emission)
         object.__setattr__(self, "period_us", period_us)
         object.__setattr__(self, "code", _ALGORITHM_CODES[self.algorithm])
         object.__setattr__(self, "key_head", f"{name}:{self.code}:")

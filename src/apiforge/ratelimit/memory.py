@@ -91,27 +91,37 @@ class MemoryLimiter:
         :meth:`check_all_sync` then, for the whole decision.
         """
         now_us = round(self._clock() * _MICROS)
-        new_tats = self._charge_gcra(found, now_us)
-        if new_tats is None:
-            return None
-        if len(self._states) > self._sweep_at:
-            self._sweep(now_us)
+        states = self._states
+        new_tats: list[int] = []
         best = -1
-        best_remaining = 0
-        best_idle = 0
-        for index, (limit, _) in enumerate(found):
-            idle_in = new_tats[index] - now_us
+        best_remaining = best_idle = 0
+        # One pass: _charge_gcra's arithmetic and combine()'s choice of the binding limit (the
+        # fewest remaining, then the longest reset, then the first); tests compare them.
+        for index, (limit, key) in enumerate(found):
+            if limit.code != "g":
+                return None
+            entry = states.get(key)
+            tat = entry[1] if entry is not None and entry[0] > now_us else now_us
+            if not isinstance(tat, int):
+                return None  # not a GCRA state: the general path decides
+            wait = tat - now_us
+            idle_in = (wait if wait > 0 else 0) + limit.increment
+            if idle_in > limit.tolerance:
+                return None  # refused: check_all_sync reports it
             remaining = (limit.tolerance - idle_in) // limit.emission
-            if remaining < 0:
-                remaining = 0
-            # combine()'s choice: the fewest remaining, then the longest reset, then the first.
             if best < 0 or remaining < best_remaining or (
                     remaining == best_remaining and idle_in > best_idle):
                 best, best_remaining, best_idle = index, remaining, idle_in
+            new_tats.append(now_us + idle_in)
         if best < 0:
             return None  # no limit applies: nothing to advertise
+        for (_, key), new_tat in zip(found, new_tats, strict=True):
+            states[key] = (new_tat, new_tat)
+        if len(states) > self._sweep_at:
+            self._sweep(now_us)
         limit, key = found[best]
-        return Verdict(limit, key, True, best_remaining, best_idle / _MICROS, 0.0)
+        # tuple.__new__: the namedtuple's own __new__ is a Python call, and this is per request.
+        return tuple.__new__(Verdict, (limit, key, True, best_remaining, best_idle / _MICROS, 0.0))
 
     def _charge_gcra(self, found: Sequence[tuple[Limit, str]], now_us: int) -> list[int] | None:
         """The common case, inlined: GCRA limits only, and every one admits the request.
@@ -129,7 +139,7 @@ class MemoryLimiter:
             tat = entry[1] if entry is not None and entry[0] > now_us else now_us
             if not isinstance(tat, int):
                 return None  # not a GCRA state: the general path decides
-            new_tat = (tat if tat > now_us else now_us) + limit.cost * limit.emission
+            new_tat = (tat if tat > now_us else now_us) + limit.increment
             if new_tat - limit.tolerance > now_us:
                 return None  # refused: the general path reports it
             new_tats.append(new_tat)
