@@ -66,11 +66,9 @@ class MemoryLimiter:
         now_us = round((self._clock() if now is None else now) * _MICROS)
         found = applicable(limits, identities)
         states = self._states
-        new_tats = self._charge_gcra(found, now_us)
-        if new_tats is not None:
-            if len(states) > self._sweep_at:
-                self._sweep(now_us)
-            return _admitted(found, new_tats, now_us)
+        if self.admit(found, now_us) is not None:  # the common case: every limit admits
+            # A GCRA state expires at its arrival time: the first item is the new one.
+            return _admitted(found, [states[key][0] for _, key in found], now_us)
         stored: list[State | None] = []
         for _, key in found:
             entry = states.get(key)
@@ -82,21 +80,24 @@ class MemoryLimiter:
             self._sweep(now_us)
         return decision
 
-    def admit(self, found: Sequence[tuple[Limit, str]]) -> Verdict | None:
+    def admit(self, found: Sequence[tuple[Limit, str]], now_us: int | None = None
+              ) -> Verdict | None:
         """The hot path of a request under GCRA limits that all admit it: charge them and
         return the binding limit's verdict (the one its ``RateLimit`` header advertises).
 
         ``found`` holds the applicable limits and their keys (:func:`~.limits.applicable`).
-        Returns ``None``, having changed nothing, when a limit refuses or is not GCRA: call
-        :meth:`check_all_sync` then, for the whole decision.
+        Returns ``None``, having changed nothing, when a limit refuses or is not GCRA, or when
+        none applies: call :meth:`check_all_sync` then, for the whole decision.
         """
-        now_us = round(self._clock() * _MICROS)
+        if now_us is None:
+            now_us = round(self._clock() * _MICROS)
         states = self._states
         new_tats: list[int] = []
         best = -1
         best_remaining = best_idle = 0
-        # One pass: _charge_gcra's arithmetic and combine()'s choice of the binding limit (the
-        # fewest remaining, then the longest reset, then the first); tests compare them.
+        # One pass: gcra()'s arithmetic for a request every limit admits, and combine()'s
+        # choice of the binding limit (the fewest remaining, then the longest reset, then the
+        # first); tests compare both with the general path.
         for index, (limit, key) in enumerate(found):
             if limit.code != "g":
                 return None
@@ -122,30 +123,6 @@ class MemoryLimiter:
         limit, key = found[best]
         # tuple.__new__: the namedtuple's own __new__ is a Python call, and this is per request.
         return tuple.__new__(Verdict, (limit, key, True, best_remaining, best_idle / _MICROS, 0.0))
-
-    def _charge_gcra(self, found: Sequence[tuple[Limit, str]], now_us: int) -> list[int] | None:
-        """The common case, inlined: GCRA limits only, and every one admits the request.
-
-        Charges them and returns their new theoretical arrival times; returns ``None`` (and
-        changes nothing) otherwise, for :func:`decide` to handle. The arithmetic is
-        :func:`~apiforge.ratelimit.gcra.gcra`'s (a test compares both paths).
-        """
-        states = self._states
-        new_tats: list[int] = []
-        for limit, key in found:
-            if limit.code != "g":
-                return None
-            entry = states.get(key)
-            tat = entry[1] if entry is not None and entry[0] > now_us else now_us
-            if not isinstance(tat, int):
-                return None  # not a GCRA state: the general path decides
-            new_tat = (tat if tat > now_us else now_us) + limit.increment
-            if new_tat - limit.tolerance > now_us:
-                return None  # refused: the general path reports it
-            new_tats.append(new_tat)
-        for (_, key), new_tat in zip(found, new_tats, strict=True):
-            states[key] = (new_tat, new_tat)
-        return new_tats
 
     async def check_all(
         self, limits: Sequence[Limit], identities: Identities, now: float | None = None
