@@ -138,3 +138,50 @@ async def test_what_the_checks_cannot_read_is_refused() -> None:
                                      headers={"content-type": "application/json"})
         assert unreadable.status_code == 400 and unreadable.json()["code"] == "malformed_json"
         assert 1 in DOCS
+
+
+async def test_a_remembered_answer_serves_only_the_principal_it_was_checked_for() -> None:
+    """Allowed read answers are remembered by principal and bytes: the same bytes for anyone
+    else, or for the same user under other roles, are decided again and refused."""
+    items = {"1": {"id": 1, "owner": "ann"}}
+
+    async def item(request: Request) -> JSONResponse:
+        return JSONResponse(items[request.path_params["id"]])
+
+    policy = {
+        "routes": {"GET /items/{id}": {
+            "auth": "api_key",
+            "authorize": {"permission": "items:read", "resource": "item",
+                          "check_response": True}}},
+        "hosts": {"allowed_hosts": ["t"]},
+        "events": {"sink": "none"},
+        "authorization": {
+            "roles": {"owner": {"permissions": [
+                {"permission": "items:read", "when": "resource.owner == principal.username"},
+            ]}},
+            "resources": {"item": {"read": "items:read"}},  # no field rules: answers kept whole
+        },
+    }
+    principals = {
+        "ann": Principal(user="u-ann", username="ann", roles=frozenset({"owner"})),
+        "bo": Principal(user="u-bo", username="bo", roles=frozenset({"owner"})),
+        "ann-demoted": Principal(user="u-ann", username="ann", roles=frozenset()),
+    }
+
+    def as_header(ctx: Any, scope: Any) -> None:
+        ctx.principal = principals[ctx.headers[b"x-who"].decode()]
+
+    app = protect(Starlette(routes=[Route("/items/{id}", item)]), policy,
+                  events=EventBus([]), identity=_NoIdentity())  # type: ignore[arg-type]
+    for layer in app.layers:
+        if layer.name == "authn":
+            for plan in app.routes.plans:
+                plan.request_hooks = tuple(h if getattr(h, "__self__", None) is not layer
+                                           else as_header for h in plan.request_hooks)
+    async with client(app) as c:
+        for who, status in [("ann", 200), ("ann", 200), ("bo", 404), ("ann-demoted", 403),
+                            ("ann", 200), ("bo", 404)]:
+            answer = await c.get("/items/1", headers={"x-who": who})
+            assert answer.status_code == status, who
+            if status == 200:
+                assert answer.json() == {"id": 1, "owner": "ann"}
