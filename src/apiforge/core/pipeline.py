@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
@@ -519,7 +520,12 @@ class _Response(Watched):
     __slots__ = ("held", "held_body", "refusal", "replaced", "started")
 
     def __init__(self, seconds: float, idle: float) -> None:
-        super().__init__(seconds, idle)
+        # Watched's fields set here, not by its __init__: one call less on every request.
+        self.deadline = monotonic() + seconds
+        self.idle = idle
+        self.idle_deadline = math.inf
+        self.expired = None
+        self.task = None
         self.started = False
         self.replaced: ApiError | None = None
         self.refusal: ApiError | None = None

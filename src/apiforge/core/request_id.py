@@ -19,12 +19,14 @@ class RequestIds:
     def __init__(self) -> None:
         # The "r" keeps digit runs short: an id of 13+ digits would look like a card number
         # to the event redactor and be masked, breaking the join of events and responses.
-        self._prefix = os.urandom(5).hex() + "r"
-        self._counter = itertools.count(0x10000000)
+        prefix = os.urandom(5).hex() + "r"
+        # prefix + hex(n) for n = 0x10000000, 0x10000001, ...: "...r0x1000002a". Chained
+        # iterators, so that a new id is made without a Python-level call.
+        self._fresh = map(prefix.__add__, map(hex, itertools.count(0x10000000)))
 
     def for_request(self, headers: Mapping[bytes, bytes]) -> str:
         """The request's ``X-Request-ID`` if it is 1-64 of ``[A-Za-z0-9._-]``, else a new id."""
         supplied = headers.get(b"x-request-id")
         if supplied is not None and _SUPPLIED.match(supplied):
             return supplied.decode("ascii")
-        return self._prefix + hex(next(self._counter))  # "...r0x1000002a"
+        return next(self._fresh)
