@@ -6,7 +6,8 @@ on every answer (``Content-Security-Policy``, ``X-Content-Type-Options``, ``Vary
 ``RateLimit-Policy``, ...), so most of that work repeats itself. :class:`HeadWriterCycle`
 writes exactly the bytes uvicorn writes (a test compares both on generated header lists), but
 keeps the checked and serialized line of each repeated ``(name, value)`` pair and writes it as
-it is when the same pair comes again.
+it is when the same pair comes again. Headers whose value changes on every answer
+(``X-Request-ID``, ``RateLimit``) have their name checked once and their value every time.
 
 Only names whose values are fixed by configuration are kept, and none that changes how the
 response is framed (``Content-Length``, ``Transfer-Encoding``, ``Connection``), so a kept line
@@ -41,6 +42,11 @@ MAX_KEPT_LINES = 1024
 """The most ``(name, value)`` lines kept; a process-wide bound, whatever the answers hold."""
 
 _kept: dict[tuple[bytes, bytes], bytes] = {}
+# Names that passed the check, lower-cased, for headers whose values change on every answer
+# (X-Request-ID, RateLimit): the name is checked once, the value every time. Names that frame
+# the response are never here: they must be read on every answer.
+_checked_names: dict[bytes, bytes] = {}
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 class HeadWriterCycle(RequestResponseCycle):
@@ -58,6 +64,7 @@ class HeadWriterCycle(RequestResponseCycle):
         content = [STATUS_LINE[status_code]]
         has_connection_close = False
         kept = _kept
+        checked = _checked_names
         for header in (*self.default_headers, *message.get("headers", ())):
             try:
                 line = kept.get(header)
@@ -67,11 +74,20 @@ class HeadWriterCycle(RequestResponseCycle):
                 content.append(line)
                 continue
             name, value = header
+            lower = checked.get(name) if type(name) is bytes else None
+            if lower is not None:
+                if HEADER_VALUE_RE.search(value):
+                    raise RuntimeError("Invalid HTTP header value.")
+                content.append(b"".join((lower, b": ", value, b"\r\n")))
+                continue
             if HEADER_RE.search(name):
                 raise RuntimeError("Invalid HTTP header name.")
             if HEADER_VALUE_RE.search(value):
                 raise RuntimeError("Invalid HTTP header value.")
             lower = name.lower()
+            if (lower not in _FRAMING and lower not in _REPEATED_NAMES and type(name) is bytes
+                    and len(checked) < MAX_KEPT_LINES):
+                checked[name] = lower
             if lower == b"content-length" and self.chunked_encoding is None:
                 self.expected_content_length = int(value.decode())
                 self.chunked_encoding = False
