@@ -36,17 +36,17 @@ class _Collector:
         m = self._metrics
         # dict.copy() runs in C without releasing the GIL: a consistent snapshot even while the
         # event loop keeps counting in another thread.
-        requests = m._requests.copy()
+        answered = m._requests.copy()
         for route, counts in m._routes.copy().items():
             for status, count in counts.copy().items():
-                requests[route, status] = requests.get((route, status), 0) + count
+                answered[route, status] = answered.get((route, status), 0) + count
         events = m._events.copy()
         family = CounterMetricFamily(
             "apiforge_requests",
             "Requests answered, by route and status.",
             labels=("route", "status"),
         )
-        for (route, status), count in sorted(requests.items()):
+        for (route, status), count in sorted(answered.items()):
             family.add_metric((route, str(status)), count)
         yield family
         family = CounterMetricFamily(
