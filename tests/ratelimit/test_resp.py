@@ -287,3 +287,26 @@ async def test_a_replica_answer_drops_the_connection(own_redis: OwnRedis) -> Non
     finally:
         admin.close()
         await client.aclose()
+
+
+async def test_a_cancelled_request_does_not_fail_the_others_waiting_to_connect(
+    silent_server: tuple[int, list[int]],
+) -> None:
+    port, _ = silent_server  # accepts, never answers AUTH: the connect is still in progress
+    client = RespClient.from_url(f"redis://:pw@127.0.0.1:{port}/0", timeout=0.3)
+    first = asyncio.ensure_future(client.execute(pack("PING")))
+    second = asyncio.ensure_future(client.execute(pack("PING")))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    result = (await asyncio.gather(second, return_exceptions=True))[0]
+    assert isinstance(result, TimeoutError), result  # its own outcome, not the cancellation
+    await client.aclose()
+
+
+async def test_a_closed_client_refuses_commands_and_does_not_reconnect() -> None:
+    client = RespClient.from_url(REDIS_URL, timeout=2.0)
+    redis_or_skip().close()
+    assert await client.execute(pack("PING")) == b"PONG"
+    await client.aclose()
+    with pytest.raises(ConnectionError, match="closed"):
+        await client.execute(pack("PING"))

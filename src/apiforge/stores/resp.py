@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -58,7 +58,7 @@ class Endpoint:
     port: int
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
     ca_file: str | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
@@ -163,7 +163,7 @@ class _Connection(asyncio.Protocol):
                 future, _ = waiting.popleft()
                 if not future.done():  # its request may have been cancelled meanwhile
                     future.set_result(reply)
-                if reply.__class__ is ReplyError and str(reply).startswith("READONLY"):
+                if reply.__class__ is ReplyError and "READONLY" in str(reply):
                     # A failover made this server a replica: connect again, to the primary
                     # (Sentinel names the new one).
                     self._fail(ConnectionError("redis: the server is a read-only replica now"))
@@ -226,6 +226,7 @@ class RespClient:
         self.timeout = timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
+        self._closed = False
         self._ssl: ssl.SSLContext | None = None
         if endpoint.tls:
             self._ssl = ssl.create_default_context(cafile=endpoint.ca_file)
@@ -259,24 +260,29 @@ class RespClient:
         return await future
 
     async def _connect(self) -> _Connection:
-        # One attempt at a time: the requests of a burst share it.
+        # One attempt at a time, in a task of its own: the requests of a burst share it, and
+        # a request cancelled meanwhile (its deadline) cancels only its own wait.
+        if self._closed:
+            raise ConnectionError("redis: the client was closed")
         if self._connecting is None:
-            self._connecting = asyncio.get_running_loop().create_future()
-            try:
-                connection = await self._open()
-            except BaseException as exc:
-                # The others waiting get the error, never this task's own cancellation.
-                self._connecting.set_exception(_for_waiter(exc))
-                self._connecting.exception()  # retrieved here: no "never retrieved" warning
-                raise
-            else:
-                self._connecting.set_result(connection)
-                return connection
-            finally:
-                self._connecting = None
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(self._connected)
         return await asyncio.shield(self._connecting)
 
+    def _connected(self, attempt: asyncio.Future[_Connection]) -> None:
+        self._connecting = None
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: no "never retrieved" warning when nobody waits
+
     async def _open(self) -> _Connection:
+        try:
+            return await self._open_connection()
+        except (OSError, TimeoutError):
+            raise
+        except Exception as exc:  # a malformed Sentinel answer, a bad host name: still "down"
+            raise ConnectionError(f"redis: cannot connect ({type(exc).__name__}: {exc})") from exc
+
+    async def _open_connection(self) -> _Connection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.timeout):
             host, port = await self._primary()
@@ -287,7 +293,9 @@ class RespClient:
                 endpoint = self.endpoint
                 setup = []
                 if endpoint.password is not None:
-                    setup.append(pack("AUTH", endpoint.username or "default", endpoint.password))
+                    # AUTH PASSWORD without a user name: older servers know no other form.
+                    setup.append(pack("AUTH", endpoint.username, endpoint.password)
+                                 if endpoint.username else pack("AUTH", endpoint.password))
                 if endpoint.db:
                     setup.append(pack("SELECT", endpoint.db))
                 for command in setup:
@@ -298,6 +306,9 @@ class RespClient:
             except BaseException:
                 connection.close()
                 raise
+        if self._closed:  # closed while connecting: nobody will use or close it
+            connection.close()
+            raise ConnectionError("redis: the client was closed")
         if self._connection is not None:
             self._connection.close()
         self._connection = connection
@@ -310,11 +321,14 @@ class RespClient:
             return endpoint.host, endpoint.port
         loop = asyncio.get_running_loop()
         errors: list[str] = []
+        # Each Sentinel gets its share of the time: one that is down must not use it all.
+        share = self.timeout / len(endpoint.sentinels)
         for host, port in endpoint.sentinels:
             try:
-                _, probe = await loop.create_connection(
-                    lambda: _Connection(self.timeout), host, port)
-            except OSError as exc:
+                async with asyncio.timeout(share):
+                    _, probe = await loop.create_connection(
+                        lambda: _Connection(share), host, port)
+            except (OSError, TimeoutError) as exc:
                 errors.append(f"{host}:{port}: {exc}")
                 continue
             try:
@@ -331,7 +345,8 @@ class RespClient:
         raise ConnectionError(f"redis: no Sentinel named a primary ({'; '.join(errors)})")
 
     async def aclose(self) -> None:
-        """Close the connection; waiting commands fail with ``ConnectionError``."""
+        """Close the connection; waiting and later commands fail with ``ConnectionError``."""
+        self._closed = True
         if self._connection is not None:
             self._connection.close()
             self._connection = None
