@@ -29,6 +29,7 @@ from apiforge.ratelimit.headers import rate_limit, rate_limit_policy, retry_afte
 from apiforge.ratelimit.limits import Decision, Identities, Limit, Limiter, applicable
 from apiforge.ratelimit.memory import MemoryLimiter
 from apiforge.ratelimit.settings import OnStoreError, RateLimitSettings, RouteRateLimits
+from apiforge.stores.urls import redact_url
 
 __all__ = ["RateLimitLayer", "open_limiter"]
 
@@ -237,7 +238,7 @@ class RateLimitLayer:
         self.events.emit(make_event(
             "apiforge_ratelimit_store", level="CRITICAL" if down else "INFO",
             outcome="down" if down else "recovered", reason=type(error).__name__ if error else None,
-            store=_redact_url(self.settings.store),
+            store=redact_url(self.settings.store),
         ))
 
     def _maybe_probe(self) -> None:
@@ -274,11 +275,3 @@ def _identities(ctx: RequestContext) -> Identities:
         return Identities(ctx.client, None, None, route.key if route is not None else None)
     return Identities(ctx.client, principal.application, principal.user,
                       route.key if route is not None else None)
-
-
-def _redact_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return scheme + sep + rest
-

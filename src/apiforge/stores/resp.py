@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from apiforge.stores.urls import redact_url
+
 try:
     import hiredis
 except ImportError as exc:  # pragma: no cover - the redis extra installs it
@@ -80,18 +82,18 @@ def parse_url(url: str) -> Endpoint:
         service, _, db = parts.path.strip("/").partition("/")
         if not hosts or not service:
             raise ValueError(
-                f"{url!r}: write redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE/DB")
+                f"{redact_url(url)!r}: write redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE/DB")
         nodes = tuple(_host_port(node, _SENTINEL_PORT, url) for node in hosts.split(","))
         return Endpoint(nodes[0][0], nodes[0][1], _db(db, url), username, password,
                         sentinels=nodes, service=service)
     if scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ValueError(f"{url!r}: write redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
+        raise ValueError(f"{redact_url(url)!r}: write redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
     query = parse_qs(parts.query)
     ca_files = query.get("ssl_ca_certs")
     try:
         port = parts.port or 6379
     except ValueError:
-        raise ValueError(f"{url!r}: the port is not a number from 0 to 65535") from None
+        raise ValueError(f"{redact_url(url)!r}: the port is not a number from 0 to 65535") from None
     return Endpoint(parts.hostname, port, _db(parts.path.strip("/"), url), username, password,
                     tls=scheme == "rediss", ca_file=ca_files[0] if ca_files else None)
 
@@ -101,7 +103,7 @@ def _host_port(node: str, default_port: int, url: str) -> tuple[str, int]:
     if not colon or "]" in port:  # no port, or the end of a bare IPv6 address
         host, port = node, ""
     if not port.isdigit() and port:
-        raise ValueError(f"{url!r}: {node!r} is not HOST:PORT")
+        raise ValueError(f"{redact_url(url)!r}: {node!r} is not HOST:PORT")
     return host.strip("[]"), int(port) if port else default_port
 
 
@@ -109,7 +111,7 @@ def _db(text: str, url: str) -> int:
     if not text:
         return 0
     if not text.isdigit():
-        raise ValueError(f"{url!r}: the database {text!r} is not a number")
+        raise ValueError(f"{redact_url(url)!r}: the database {text!r} is not a number")
     return int(text)
 
 

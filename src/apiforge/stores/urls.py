@@ -36,6 +36,7 @@ __all__ = [
     "IdentityStores",
     "open_identity_stores",
     "open_refresh_store",
+    "redact_url",
 ]
 
 RECORD_SCHEMES: Final = ("sqlite", "postgresql", "postgresql+psycopg", "memory")
@@ -189,3 +190,9 @@ def open_refresh_store(
 
         upgrade(engine)
     return SqlRefreshStore(engine)
+
+
+def redact_url(url: str) -> str:
+    """``url`` as a log line or an error message may show it: credentials masked."""
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + ("***@" + rest.rsplit("@", 1)[1] if "@" in rest else rest)
