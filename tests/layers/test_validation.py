@@ -236,6 +236,23 @@ async def test_parameters(url: str, headers: dict[str, str], expected: Any) -> N
         assert "<x>" not in r.text and "ACME!" not in r.text
 
 
+async def test_parameter_texts_found_valid_are_remembered_within_a_bound() -> None:
+    from apiforge.layers import validation
+
+    async with params_client() as c:
+        for _ in range(2):  # a remembered valid text passes again; a refused one stays refused
+            assert (await c.get("/items/7?q=a")).status_code == 200
+            assert (await c.get("/items/0?q=a")).status_code == 422
+            assert (await c.get("/items/x?q=a")).status_code == 422
+        for n in range(1, validation._VALID_KEPT + 50):  # many distinct ids: the set stays bounded
+            assert (await c.get(f"/items/{n}?q=a")).status_code == 200
+        pipeline = c._transport.app  # type: ignore[attr-defined]
+        kept = [p for plan in pipeline.routes.plans for hook in plan.request_hooks
+                if isinstance(hook, validation._ParameterValidator) for p in hook.path.values()]
+        assert kept and all(0 < len(p.valid) <= validation._VALID_KEPT for p in kept)
+        assert all("0" not in p.valid and "x" not in p.valid for p in kept)
+
+
 async def test_normalized_text_is_what_the_app_reads() -> None:
     async with client() as c:
         r = await c.post("/raw", json={"a": "e\u0301"})

@@ -240,6 +240,9 @@ class _BodyValidator:
 _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})\Z")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?(?:[eE][+-]?[0-9]{1,3})?\Z")
 _ONCE = "Must appear only once."
+# Texts a parameter found valid, kept per parameter: a client asks for the same ids again and
+# again. Only valid texts enter, and the set is emptied when full, so it stays bounded.
+_VALID_KEPT = 1024
 
 
 class _Parameter:
@@ -258,6 +261,20 @@ class _Parameter:
                 f"params: the schema of {where} is not a valid JSON Schema"
                 f" ({exc.__class__.__name__})"
             ) from None
+        self.valid: set[str] = set()
+
+    def problem(self, text: str | None) -> FieldError | None:
+        """What is wrong with this parameter's text (``None``: absent), or None if nothing."""
+        if text is None:
+            return FieldError(self.where, _REQUIRED) if self.required else None
+        if text in self.valid:
+            return None
+        problem = self.check(text)
+        if problem is None:
+            if len(self.valid) >= _VALID_KEPT:
+                self.valid.clear()
+            self.valid.add(text)
+        return problem
 
     def check(self, text: str) -> FieldError | None:
         value: object = text
@@ -294,9 +311,25 @@ class _ParameterValidator:
 
     def __call__(self, ctx: RequestContext, scope: Any) -> None:
         errors: list[FieldError] = []
+        params = ctx.path_params
         for name, parameter in self.path.items():
-            self._one(parameter, ctx.path_params.get(name), errors)
-        query = scope.get("query_string") or b""
+            text = params.get(name)
+            if text is None or text not in parameter.valid:
+                problem = parameter.problem(text)
+                if problem is not None:
+                    errors.append(problem)
+        query = scope.get("query_string")
+        if query or self.query:
+            self._check_query(query or b"", errors)
+        for raw_name, parameter in self.headers.items():
+            raw = ctx.headers.get(raw_name)
+            problem = parameter.problem(raw.decode("latin-1") if raw is not None else None)
+            if problem is not None:
+                errors.append(problem)
+        if errors:
+            raise ValidationFailed(errors, reason="parameters")
+
+    def _check_query(self, query: bytes, errors: list[FieldError]) -> None:
         seen: dict[str, str] = {}
         if query:
             try:
@@ -314,22 +347,9 @@ class _ParameterValidator:
                                              _NOT_ALLOWED))
                 seen[name] = value
         for name, parameter in self.query.items():
-            self._one(parameter, seen.get(name), errors)
-        for raw_name, parameter in self.headers.items():
-            raw = ctx.headers.get(raw_name)
-            self._one(parameter, raw.decode("latin-1") if raw is not None else None, errors)
-        if errors:
-            raise ValidationFailed(errors, reason="parameters")
-
-    @staticmethod
-    def _one(parameter: _Parameter, text: str | None, errors: list[FieldError]) -> None:
-        if text is None:
-            if parameter.required:
-                errors.append(FieldError(parameter.where, _REQUIRED))
-            return
-        problem = parameter.check(text)
-        if problem is not None:
-            errors.append(problem)
+            problem = parameter.problem(seen.get(name))
+            if problem is not None:
+                errors.append(problem)
 
 
 class ValidationLayer:
