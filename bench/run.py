@@ -7,9 +7,14 @@
 One server process per variant, each on its own fresh data directory, pinned to one core while
 wrk runs on another, so the client never steals the server's CPU. Every round runs each
 (route, variant) pair once in a shuffled order: drift on a shared machine (other tenants,
-thermal limits) then lands on all variants alike instead of on whichever ran last. Each round
-gives a ratio variant/baseline for the same route; the report keeps the median of those ratios
-and the median req/s and latencies, which one noisy run cannot move.
+thermal limits) then lands on all variants alike instead of on whichever ran last. Those
+separate runs give each variant's req/s and latencies.
+
+The ratios come from paired runs: a variant and its baseline under load at the same moment,
+both servers on the same core, each driven by its own wrk. Whatever the machine does during
+the run (another tenant, a slower spell) slows both alike, so it cancels in the ratio of their
+requests per CPU-second; two runs apart in time only share what the machine did in common.
+Each round gives one paired ratio per (route, variant); the report keeps their median.
 
 Writes bench/results.json and docs/benchmarks.md. Exit status: 0 all clean, 1 some run had
 non-2xx responses or socket errors, 2 setup failed, 3 a goal was missed (with --goals),
@@ -57,6 +62,8 @@ SERVER_STOP_TIMEOUT_S = 5.0
 # estimate printed up front.
 SERVER_OVERHEAD_S = 2.0
 RUN_OVERHEAD_S = 0.15
+# Seconds per wrk run: every round has a separate and a paired run per variant and route.
+DEFAULT_DURATION_S = 4
 
 EXIT_OK, EXIT_RUN_ERRORS, EXIT_SETUP, EXIT_GOAL_MISSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -400,17 +407,14 @@ class Run:
     variant: str
     route: str
     result: WrkResult
+    paired: Paired | None = None
+    """The paired run with the variant's baseline in this round (None for the separate run)."""
 
 
-def run_wrk(
-    wrk: str,
-    server: Server,
-    route: Route,
-    *,
-    connections: int,
-    duration_s: int,
+def wrk_command(
+    wrk: str, server: Server, route: Route, *, connections: int, duration_s: int,
     pinning: Pinning,
-) -> WrkResult:
+) -> list[str]:
     command = [
         *pinning.prefix(pinning.client_cpus),
         wrk,
@@ -424,8 +428,21 @@ def run_wrk(
     if route.script is not None:
         command += ["-s", str(route.script)]
     command.append(server.url + route.path)
+    return command
+
+
+def run_wrk(
+    wrk: str,
+    server: Server,
+    route: Route,
+    *,
+    connections: int,
+    duration_s: int,
+    pinning: Pinning,
+) -> WrkResult:
     done = subprocess.run(
-        command,
+        wrk_command(wrk, server, route, connections=connections, duration_s=duration_s,
+                    pinning=pinning),
         capture_output=True,
         text=True,
         check=False,
@@ -438,6 +455,90 @@ def run_wrk(
     return parse_wrk(done.stdout)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of proc(5), utime and stime, counted after the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def paired_runs_available() -> bool:
+    return Path(f"/proc/{os.getpid()}/stat").exists() and hasattr(os, "sysconf")
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    """One paired run: a variant and its baseline under load at once, on the same core."""
+
+    result: WrkResult
+    cpu_s: float
+    baseline: WrkResult
+    baseline_cpu_s: float
+
+    @property
+    def clean(self) -> bool:
+        return self.result.clean and self.baseline.clean and self.cpu_s > 0 < self.baseline_cpu_s
+
+    @property
+    def ratio(self) -> float:
+        """Requests per CPU-second of the variant over the baseline's: the cost ratio per
+        request, whatever share of the core each got."""
+        mine = self.result.requests / self.cpu_s
+        theirs = self.baseline.requests / self.baseline_cpu_s
+        return mine / theirs
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rps": round(self.result.rps, 1), "cpu_s": round(self.cpu_s, 2),
+            "baseline_rps": round(self.baseline.rps, 1),
+            "baseline_cpu_s": round(self.baseline_cpu_s, 2),
+            "ratio": round(self.ratio, 4) if self.clean else None,
+        }
+
+
+def run_paired(
+    wrk: str,
+    variant: Server,
+    baseline: Server,
+    route: Route,
+    *,
+    variant_first: bool,
+    connections: int,
+    duration_s: int,
+    pinning: Pinning,
+) -> Paired:
+    """Load ``variant`` and ``baseline`` at the same time, one wrk each; ``variant_first``
+    says whose wrk starts first (alternated by round, so neither always has the head start)."""
+    servers = (variant, baseline) if variant_first else (baseline, variant)
+    before = {server.variant.name: cpu_seconds(server.process.pid) for server in servers}
+    clients = [
+        subprocess.Popen(
+            wrk_command(wrk, server, route, connections=connections, duration_s=duration_s,
+                        pinning=pinning),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        for server in servers
+    ]
+    outputs: dict[str, str] = {}
+    try:
+        for server, client in zip(servers, clients, strict=True):
+            out, err = client.communicate(timeout=duration_s + 30)
+            if client.returncode != 0:
+                raise SetupError(f"wrk failed ({client.returncode}): {err.strip() or out}")
+            outputs[server.variant.name] = out
+    finally:
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+    used = {server.variant.name: cpu_seconds(server.process.pid) - before[server.variant.name]
+            for server in servers}
+    for server in servers:
+        server.check_alive()
+    mine, theirs = variant.variant.name, baseline.variant.name
+    return Paired(parse_wrk(outputs[mine]), used[mine], parse_wrk(outputs[theirs]), used[theirs])
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -446,8 +547,21 @@ class Row:
     variant: Variant
     route: Route
     runs: list[WrkResult]
-    ratios: list[float]
+    separate_ratios: list[float]
+    """Per round: the variant's req/s over the baseline's, from their separate runs."""
     goal: float | None
+    paired: list[Paired] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        """The per-round ratios the report quotes: the paired ones when there are any."""
+        if self.paired:
+            return [run.ratio for run in self.paired if run.clean]
+        return self.separate_ratios
+
+    @property
+    def method(self) -> str:
+        return "paired" if self.paired else "separate"
 
     @property
     def used(self) -> list[WrkResult]:
@@ -474,7 +588,12 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        return statistics.median(self.ratios) if self.ratios else None
+        ratios = self.ratios
+        return statistics.median(ratios) if ratios else None
+
+    @property
+    def separate_ratio(self) -> float | None:
+        return statistics.median(self.separate_ratios) if self.separate_ratios else None
 
     @property
     def goal_met(self) -> bool | None:
@@ -492,6 +611,11 @@ class Row:
             "p99_ms": round(self.p99_ms, 3),
             "ratio_median": round(ratio, 4) if ratio is not None else None,
             "ratios": [round(r, 4) for r in self.ratios],
+            "ratio_method": self.method,
+            "separate_ratio_median": (round(self.separate_ratio, 4)
+                                      if self.separate_ratio is not None else None),
+            "separate_ratios": [round(r, 4) for r in self.separate_ratios],
+            "paired_runs": [run.to_json() for run in self.paired],
             "rps_rounds": [round(r.rps, 1) for r in self.runs],
             "goal": (
                 {"min_ratio": self.goal, "met": self.goal_met} if self.goal is not None else None
@@ -511,7 +635,12 @@ class Row:
 def summarise(
     runs: list[Run], variants: list[Variant], baseline: str, with_goals: bool
 ) -> list[Row]:
-    by_key = {(run.round, run.variant, run.route): run.result for run in runs}
+    by_key = {(run.round, run.variant, run.route): run.result
+              for run in runs if run.paired is None}
+    paired: dict[tuple[str, str], list[Paired]] = {}
+    for run in runs:
+        if run.paired is not None:
+            paired.setdefault((run.variant, run.route), []).append(run.paired)
     rounds = sorted({run.round for run in runs})
     rows = []
     for route in ROUTES:
@@ -528,7 +657,8 @@ def summarise(
                     ratios.append(result.rps / base.rps)
             if results:
                 goal = GOALS.get((variant.name, route.kind)) if with_goals else None
-                rows.append(Row(variant, route, results, ratios, goal))
+                rows.append(Row(variant, route, results, ratios, goal,
+                                paired.get((variant.name, route.name), [])))
     return rows
 
 
@@ -604,6 +734,30 @@ def _ratio_range(row: Row, baseline: str) -> str:
     return f"{min(row.ratios):.2f}-{max(row.ratios):.2f}"
 
 
+def _separate_text(row: Row, baseline: str) -> str:
+    if row.variant.name == (row.variant.baseline or baseline) or row.separate_ratio is None:
+        return ""
+    return f"{row.separate_ratio:.2f}"
+
+
+def paired_method_lines(baseline: str) -> list[str]:
+    return [
+        "- The ratios come from paired runs. In every round each variant and its baseline"
+        f" (`{baseline}` unless the table says otherwise) are put under the same load at the"
+        " same moment, both servers on the server core, each driven by its own wrk on the"
+        " client core. What the machine does meanwhile (another tenant, a slower spell)"
+        " slows both alike and cancels out of the ratio of their requests per CPU-second"
+        " (user and system time of each server process, every thread). Which wrk starts"
+        " first alternates by round. The `ratio` column is the median over the rounds, the"
+        " range its lowest and highest round.",
+        "- `separate runs` is the median ratio of the separate runs' req/s in the same"
+        " rounds, the method earlier pages used: it reads the same quantity, but two runs"
+        " seconds apart share only what the machine did in common, so on a shared machine"
+        " a round can move it by ±0.1-0.2. `bare-twin`, a second server of the same bare"
+        " app, shows what each method reads when nothing differs.",
+    ]
+
+
 def _notes(row: Row) -> str:
     if not row.flagged:
         return ""
@@ -645,10 +799,12 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
         f" {settings['duration_s']:g} s per run, after a {settings['warmup_s']:g} s warm-up"
         " of every route on every server.",
         f"- {settings['rounds']} rounds; every round runs each (route, variant) pair once in a"
-        " shuffled order, so drift on a shared machine hits every variant alike.",
-        f"- Each round gives a ratio of the variant's req/s to `{baseline}` on the same route in"
-        " the same round; the table shows the median of those ratios, and the median req/s,"
-        " p50 and p99 over the rounds; the ratio range is the lowest and highest round.",
+        " shuffled order, so drift on a shared machine hits every variant alike. These"
+        " separate runs give the req/s, p50 and p99 columns (medians over the rounds).",
+        *(paired_method_lines(baseline) if settings.get("paired") else [
+            f"- Each round gives a ratio of the variant's req/s to `{baseline}` on the same"
+            " route in the same round; the table shows the median of those ratios; the ratio"
+            " range is the lowest and highest round."]),
         "- Every variant is sent the same request bytes: the baselines get the demo's API key"
         " and bearer token too, and ignore them.",
         "- Every route is checked for a 2xx answer before the load starts. Runs with non-2xx"
@@ -673,6 +829,8 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
             "to",
             "ratio range",
         ]
+        if settings.get("paired"):
+            header.append("separate runs")
         if with_goals:
             header.append("goal")
         if any(row.flagged for row in route_rows):
@@ -689,6 +847,8 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
                 f"`{row.variant.baseline or baseline}`",
                 _ratio_range(row, baseline),
             ]
+            if settings.get("paired"):
+                cells.append(_separate_text(row, baseline))
             if with_goals:
                 cells.append(
                     ""
@@ -753,6 +913,8 @@ def render_terminal(rows: list[Row], baseline: str) -> str:
                 f"  p50 {row.p50_ms:6.2f} ms  p99 {row.p99_ms:6.2f} ms"
                 f"  ratio {_ratio_text(row, baseline)}"
                 + (f" [{spread}]" if (spread := _ratio_range(row, baseline)) else "")
+                + (f" separate {separate}" if (separate := _separate_text(row, baseline))
+                   and row.paired else "")
                 + f"{goal}{note}"
             )
     return "\n".join(lines)
@@ -768,19 +930,18 @@ def log(message: str) -> None:
 READING_NOTES = [
     '## Reading the figures',
     '',
-    '- Per request on this machine, at the HTTP level: `starlette-min` costs about 28 µs '
-    '(36k req/s), the bare demo about 90 µs (its handler is one SQLAlchemy query), and '
-    'the full pipeline adds about 50 µs to either (`starlette-min-protected` ~79 µs). '
-    'Measured in process (no sockets), the same full path costs about 30 µs over the app:'
-    ' rate limits in memory ~5 µs (two GCRA limits, per key and per user, and the '
-    'RateLimit headers), the bearer token from the verified-token cache ~4 µs, the '
-    'response check of authorization ~3 µs, the API key ~3 µs, the security, CORS and '
-    'RateLimit headers ~3 µs, the pipeline core ~4 µs; the rest is the response held '
-    'whole for its check, and uvicorn writing 11 more response headers (~0.4 µs each).',
+    '- A ratio is the variant\'s throughput over its baseline\'s at the same CPU: 0.75 means'
+    ' a request costs the server 1/0.75 = 1.33 times what the bare app\'s costs. The bare'
+    ' demo\'s request is mostly its own work (uvicorn, one SQLAlchemy query on SQLite),'
+    ' `starlette-min` shows the same server with almost no app, and'
+    ' `starlette-min-protected` the layers\' cost over that near-empty app.',
+    '- `docs/instructions.md` counts the instructions per request of the same variants under'
+    ' valgrind, a measure no noise moves; its ratios agree with the paired ones to within a'
+    ' few hundredths.',
     '- `protected-fresh-tokens` turns the verified-token cache off: every request pays an'
-    ' ES256 signature check (~50 µs) and one state-store lookup of its `jti`, as a token '
-    'never seen before does. Real clients reuse a token for its 10 minutes, which is the '
-    '`protected` row.',
+    ' ES256 signature check and one state-store lookup of its `jti`, as a token never seen'
+    ' before does. Real clients reuse a token for its 10 minutes, which is the `protected`'
+    ' row.',
     '- `protected-redis` decides every limit of a request in one `EVALSHA` (checks of one'
     ' event-loop tick share a pipeline); its cost over `protected` is that round trip.',
     '- `no-authz` is `protected` without the authorization layers: the difference is what'
@@ -788,23 +949,23 @@ READING_NOTES = [
     "- `assembled` is what users write today from the libraries' documentation (FastAPI +"
     " pydantic, an API-key header, PyJWT ES256, slowapi, Starlette's CORS and "
     'TrustedHost, `secure`, a request-id middleware) doing the same checks on the same '
-    'routes and data. Side by side, `protected` serves about 3x its throughput on reads'
-    ' and 2.2x on the `PUT` (4x `assembled-redis` on reads); PyJWT alone costs about 70 '
-    'µs a request and slowapi about 40 µs.',
+    'routes and data.',
     '- The `PUT` of `starlette-min-protected` pays for validation the minimal app does '
     'not do at all (strict model, e-mail check, HTML sanitizer), so it is not a like-for-'
     'like ratio.',
-    '- The ratio range of a row is its lowest and highest round: on this shared 2-core '
-    'machine a single round can move by ±0.1-0.2, which is why only medians are quoted.',
+    '- `bare-twin` differs from `bare` only by being another process: its distance from 1.00'
+    ' (a process\'s memory layout alone moves its speed by a percent or two) is the error'
+    ' of a single figure on this page.',
 ]
 
 
-def estimate_seconds(n_variants: int, rounds: int, duration_s: float, warmup_s: float) -> float:
+def estimate_seconds(n_variants: int, rounds: int, duration_s: float, warmup_s: float,
+                     paired: int = 0) -> float:
     pairs = n_variants * len(ROUTES)
     return (
         n_variants * SERVER_OVERHEAD_S
         + pairs * (warmup_s + RUN_OVERHEAD_S)
-        + rounds * pairs * (duration_s + RUN_OVERHEAD_S)
+        + rounds * (pairs + paired * len(ROUTES)) * (duration_s + RUN_OVERHEAD_S)
     )
 
 
@@ -822,12 +983,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", default=BASELINE, help="variant the ratios divide by")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 3)")
     # wrk takes whole seconds only.
-    parser.add_argument("--duration", type=int, help="seconds per run (default 5, --quick 2)")
+    parser.add_argument("--duration", type=int,
+                        help=f"seconds per run (default {DEFAULT_DURATION_S}, --quick 2)")
     parser.add_argument(
         "--warmup", type=int, help="warm-up seconds per route and server (default 2, --quick 1)"
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk keep-alive connections")
     parser.add_argument("--quick", action="store_true", help="3 rounds x 2 s")
+    parser.add_argument(
+        "--no-paired", dest="paired", action="store_false",
+        help="skip the paired runs: ratios from the separate runs only (half the time)",
+    )
     parser.add_argument("--goals", action="store_true", help="check variants.GOALS; exit 3 on miss")
     parser.add_argument("--seed", type=int, help="seed of the run order (default: random)")
     parser.add_argument("--server-cpus", default="0", help="taskset CPU list for the servers")
@@ -844,7 +1010,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     args.rounds = args.rounds or (3 if args.quick else 5)
-    args.duration = args.duration or (2 if args.quick else 5)
+    args.duration = args.duration or (2 if args.quick else DEFAULT_DURATION_S)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
         parser.error("--rounds, --duration and --connections must be positive, --warmup >= 0")
@@ -894,7 +1060,11 @@ def benchmark(args: argparse.Namespace) -> int:
     check_put_script()
     wrk = ensure_wrk()
     pinning = choose_pinning(args)
-    estimate = estimate_seconds(len(variants), args.rounds, args.duration, args.warmup)
+    if args.paired and not paired_runs_available():
+        log("paired runs need /proc (Linux): ratios come from the separate runs only")
+        args.paired = False
+    estimate = estimate_seconds(len(variants), args.rounds, args.duration, args.warmup,
+                                paired=len(variants) - 1 if args.paired else 0)
     log(
         f"benchmark: {len(variants)} variants ({', '.join(v.name for v in variants)}) x "
         f"{len(ROUTES)} routes, {args.rounds} rounds x {args.duration:g} s, "
@@ -945,6 +1115,8 @@ def benchmark(args: argparse.Namespace) -> int:
 
             rng = random.Random(args.seed)
             pairs = [(route, server) for route in ROUTES for server in servers]
+            by_name = {server.variant.name: server for server in servers}
+            width = max(len(v.name) for v in variants)
             for n in range(1, args.rounds + 1):
                 order = pairs[:]
                 rng.shuffle(order)
@@ -962,9 +1134,32 @@ def benchmark(args: argparse.Namespace) -> int:
                     any_errors = any_errors or not result.clean
                     log(
                         f"round {n}/{args.rounds}  run {i}/{len(order)}  "
-                        f"{server.variant.name:<{max(len(v.name) for v in variants)}}  "
+                        f"{server.variant.name:<{width}}  "
                         f"{route.name:<16}  {result.rps:>9,.0f} req/s  "
                         f"p99 {result.p99_ms:.2f} ms{flag}"
+                    )
+                if not args.paired:
+                    continue
+                couples = [(route, server, by_name[server.variant.baseline or args.baseline])
+                           for route, server in pairs
+                           if server.variant.name != (server.variant.baseline or args.baseline)]
+                rng.shuffle(couples)
+                for i, (route, server, base) in enumerate(couples, 1):
+                    both = run_paired(
+                        wrk, server, base, route, variant_first=n % 2 == 1,
+                        connections=args.connections, duration_s=args.duration,
+                        pinning=pinning,
+                    )
+                    runs.append(Run(n, server.variant.name, route.name, both.result, both))
+                    problems = "; ".join(r.problems() for r in (both.result, both.baseline)
+                                         if not r.clean)
+                    any_errors = any_errors or bool(problems)
+                    log(
+                        f"round {n}/{args.rounds}  paired {i}/{len(couples)}  "
+                        f"{server.variant.name:<{width}}  {route.name:<16}  "
+                        + (f"ratio {both.ratio:.3f} (cpu {both.cpu_s:.1f} s"
+                           f" / {both.baseline_cpu_s:.1f} s)" if both.clean else "")
+                        + (f"  !! {problems}" if problems else "")
                     )
         finally:
             stop_servers(servers)
@@ -987,10 +1182,12 @@ def benchmark(args: argparse.Namespace) -> int:
             "baseline": args.baseline,
             "seed": args.seed,
             "goals": args.goals,
+            "paired": args.paired,
             "elapsed_s": round(elapsed, 1),
         },
         "estimate_default_s": round(
-            estimate_seconds(sum(1 for v in VARIANTS if v.default), 5, 5, 2)
+            estimate_seconds(defaults := sum(1 for v in VARIANTS if v.default), 5,
+                             DEFAULT_DURATION_S, 2, paired=defaults - 1)
         ),
         "results": [row.to_json() for row in rows],
     }

@@ -288,6 +288,13 @@ VARIANTS: list[Variant] = [
         headers=_demo_key,
     ),
     Variant(
+        name="bare-twin",
+        description="a second server of the bare demo, measured against `bare` like any variant:"
+        " what the method reads when nothing differs (its own error)",
+        build=_build_bare,
+        headers=_demo_key,
+    ),
+    Variant(
         name="protected",
         description="the full path: the demo behind every layer of its policy (API key, ES256"
         " bearer token, rate limits in memory, authorization, validation)",
