@@ -251,6 +251,20 @@ async def test_parameter_texts_found_valid_are_remembered_within_a_bound() -> No
                 if isinstance(hook, validation._ParameterValidator) for p in hook.path.values()]
         assert kept and all(0 < len(p.valid) <= validation._VALID_KEPT for p in kept)
         assert all("0" not in p.valid and "x" not in p.valid for p in kept)
+        tenants = [p for plan in pipeline.routes.plans for hook in plan.request_hooks
+                   if isinstance(hook, validation._ParameterValidator)
+                   for p in hook.headers.values()]
+        assert all("acme" in p.valid for p in tenants)  # short texts only are kept
+
+
+def test_only_short_valid_texts_are_remembered() -> None:
+    from apiforge.layers import validation
+
+    parameter = validation._Parameter("query.s", {"type": "string", "maxLength": 500})
+    long_text = "a" * (validation._VALID_KEPT_LENGTH + 1)
+    assert parameter.problem(long_text) is None and parameter.problem("a") is None
+    assert parameter.valid == {"a"}
+    assert parameter.problem("b" * 501) is not None and parameter.valid == {"a"}
 
 
 async def test_normalized_text_is_what_the_app_reads() -> None:

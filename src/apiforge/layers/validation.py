@@ -241,8 +241,9 @@ _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})\Z")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?(?:[eE][+-]?[0-9]{1,3})?\Z")
 _ONCE = "Must appear only once."
 # Texts a parameter found valid, kept per parameter: a client asks for the same ids again and
-# again. Only valid texts enter, and the set is emptied when full, so it stays bounded.
+# again. Only valid, short texts enter, and the set is emptied when full, so it stays small.
 _VALID_KEPT = 1024
+_VALID_KEPT_LENGTH = 64
 
 
 class _Parameter:
@@ -270,7 +271,7 @@ class _Parameter:
         if text in self.valid:
             return None
         problem = self.check(text)
-        if problem is None:
+        if problem is None and len(text) <= _VALID_KEPT_LENGTH:
             if len(self.valid) >= _VALID_KEPT:
                 self.valid.clear()
             self.valid.add(text)
