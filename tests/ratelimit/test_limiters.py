@@ -343,6 +343,31 @@ async def test_one_evalsha_per_check_and_nothing_else(own_redis: OwnRedis) -> No
     assert sent_by_us <= {"info"}, sent_by_us
 
 
+async def test_a_flushed_script_is_loaded_once_for_every_check_in_flight(
+    own_redis: OwnRedis,
+) -> None:
+    limiter = RedisLimiter.from_url(own_redis.url, "rl:", timeout=2.0)
+    admin = redis.Redis(port=own_redis.port)
+    limits = [Limit("address", rate=1000, period=1.0, burst=1000)]
+    try:
+        for _ in range(2):  # the first flush, then a second one: each loads the script again
+            admin.script_flush()
+            admin.config_resetstat()
+            decisions = await asyncio.gather(
+                *(limiter.check_all(limits, Identities(f"192.0.2.{i}")) for i in range(50))
+            )
+            assert all(decision.allowed for decision in decisions)
+            stats = {
+                name.removeprefix("cmdstat_"): value
+                for name, value in admin.info("commandstats").items()
+            }
+            assert stats["script|load"]["calls"] == 1
+            assert stats["evalsha"]["calls"] == 100  # 50 refused with NOSCRIPT, 50 answered
+    finally:
+        await limiter.aclose()
+        admin.close()
+
+
 async def test_store_failure_and_fallback_round_trip(own_redis: OwnRedis) -> None:
     primary = RedisLimiter.from_url(own_redis.url, "rl:", timeout=0.1)
     switches: list[tuple[str, StoreError | None]] = []

@@ -81,6 +81,8 @@ class RedisLimiter:
             raise ValueError("hash_tag must be non-empty and contain no braces")
         self._client = client
         self.prefix = prefix if hash_tag is None else f"{prefix}{{{hash_tag}}}:"
+        self._loading: asyncio.Future[Any] | None = None
+        """The ``SCRIPT LOAD`` in flight, shared by every check that found the script gone."""
 
     @classmethod
     def from_url(
@@ -138,7 +140,7 @@ class RedisLimiter:
             reply = await (pending if pending is not None else client.execute(command))
             if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
                 # The server restarted or flushed its script cache.
-                await client.execute(_LOAD)
+                await self._load_script()
                 reply = await client.execute(command)
         except _FAILURES as exc:
             raise StoreError(f"redis: rate-limit check failed ({type(exc).__name__})") from exc
@@ -148,6 +150,20 @@ class RedisLimiter:
                 error.__cause__ = reply
             raise error
         return reply
+
+    async def _load_script(self) -> None:
+        """Load the script once for all the checks in flight that found it missing: after a
+        restart, every one of them gets ``NOSCRIPT`` in the same burst of replies."""
+        loading = self._loading
+        if loading is None:
+            loading = self._loading = asyncio.ensure_future(self._client.execute(_LOAD))
+
+            def done(_: asyncio.Future[Any]) -> None:
+                self._loading = None  # a later flush of the script cache loads it again
+
+            loading.add_done_callback(done)
+        # Shielded: one check cancelled by its deadline must not cancel the others' load.
+        await asyncio.shield(loading)
 
     async def ping(self) -> None:
         """Check that Redis answers; raises ``StoreError`` otherwise."""
