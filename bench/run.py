@@ -64,6 +64,7 @@ SERVER_OVERHEAD_S = 2.0
 RUN_OVERHEAD_S = 0.15
 # Seconds per wrk run: every round has a separate and a paired run per variant and route.
 DEFAULT_DURATION_S = 4
+WRK_TIMEOUT_S = 10
 
 EXIT_OK, EXIT_RUN_ERRORS, EXIT_SETUP, EXIT_GOAL_MISSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -421,6 +422,9 @@ def wrk_command(
         "-t1",
         f"-c{connections}",
         f"-d{duration_s}s",
+        # A slow answer is a slow answer, not a socket error: wrk's 2 s default cuts off the
+        # tail of the assembled stack when it shares its core in a paired run.
+        f"--timeout={WRK_TIMEOUT_S}s",
         "--latency",
     ]
     for name, value in server.headers.items():
@@ -759,11 +763,15 @@ def paired_method_lines(baseline: str) -> list[str]:
 
 
 def _notes(row: Row) -> str:
-    if not row.flagged:
-        return ""
+    notes = []
     if row.flagged == len(row.runs):
-        return f"all {len(row.runs)} runs had errors: figures are of error answers"
-    return f"{row.flagged}/{len(row.runs)} runs had errors, left out"
+        notes.append(f"all {len(row.runs)} runs had errors: figures are of error answers")
+    elif row.flagged:
+        notes.append(f"{row.flagged}/{len(row.runs)} runs had errors, left out")
+    unclean = sum(1 for run in row.paired if not run.clean)
+    if unclean:
+        notes.append(f"{unclean}/{len(row.paired)} paired runs had errors, left out")
+    return "; ".join(notes)
 
 
 def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> str:
@@ -833,7 +841,7 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
             header.append("separate runs")
         if with_goals:
             header.append("goal")
-        if any(row.flagged for row in route_rows):
+        if any(_notes(row) for row in route_rows):
             header.append("notes")
         lines.append("| " + " | ".join(header) + " |")
         lines.append("| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |")
@@ -907,7 +915,7 @@ def render_terminal(rows: list[Row], baseline: str) -> str:
             goal = ""
             if row.goal is not None:
                 goal = f"  goal ≥ {row.goal:.2f} {'pass' if row.goal_met else 'MISS'}"
-            note = f"  [{_notes(row)}]" if row.flagged else ""
+            note = f"  [{notes}]" if (notes := _notes(row)) else ""
             lines.append(
                 f"  {row.variant.name:<{width}}  {row.rps:>9,.0f} req/s"
                 f"  p50 {row.p50_ms:6.2f} ms  p99 {row.p99_ms:6.2f} ms"
