@@ -951,7 +951,11 @@ READING_NOTES = [
     ' before does. Real clients reuse a token for its 10 minutes, which is the `protected`'
     ' row.',
     '- `protected-redis` decides every limit of a request in one `EVALSHA` (checks of one'
-    ' event-loop tick share a pipeline); its cost over `protected` is that round trip.',
+    ' event-loop tick share a pipeline); its cost over `protected` is that round trip. Its'
+    ' paired ratio counts the server process\'s CPU only, as for every variant: the Redis'
+    ' server\'s own work runs in another process (in production, on another machine). In'
+    ' the separate runs Redis takes its CPU from the same two cores, which is why they read'
+    ' lower.',
     '- `no-authz` is `protected` without the authorization layers: the difference is what'
     ' roles, CEL rules, the object check on the answer and field filtering cost.',
     "- `assembled` is what users write today from the libraries' documentation (FastAPI +"
