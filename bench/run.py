@@ -1,6 +1,6 @@
 """Load benchmark: every variant in bench/variants.py against the same routes, with wrk.
 
-    python bench/run.py              # defaults: 5 rounds x 5 s, 32 connections
+    python bench/run.py              # defaults: 5 rounds x 4 s, separate and paired, 32 connections
     python bench/run.py --quick      # 3 rounds x 2 s
     python bench/run.py --goals      # also check the minimum ratios in variants.GOALS
 
@@ -890,7 +890,7 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
         "## Reproduce",
         "",
         "```sh",
-        "make bench                            # 5 rounds x 5 s (about "
+        f"make bench                            # 5 rounds x {DEFAULT_DURATION_S} s (about "
         f"{report['estimate_default_s'] / 60:.0f} min)",
         ".venv/bin/python bench/run.py --quick  # 3 rounds x 2 s",
         ".venv/bin/python bench/run.py --goals  # also check the minimum ratios",
