@@ -200,9 +200,9 @@ def render_markdown(counts: dict[str, dict[str, int]], routes: list[Route], base
     lines += ["", f"In parentheses: `{baseline}`'s count divided by the variant's.", "",
               "Work on a timer is counted in proportion to wall time, which valgrind stretches"
               " about 50x: the demo re-reads its identity records every second, so the variants"
-              " with authentication carry some 20-30k instructions a request of it here, where a"
-              " real server spends well under 1 % of a core on it. Their ratios read a little"
-              " low.", ""]
+              " with authentication carry tens of thousands of instructions a request of it here,"
+              " where a real server spends well under 1 % of a core on it. Their ratios read a"
+              " little low.", ""]
     return "\n".join(lines)
 
 
