@@ -526,7 +526,10 @@ def run_paired(
     outputs: dict[str, str] = {}
     try:
         for server, client in zip(servers, clients, strict=True):
-            out, err = client.communicate(timeout=duration_s + 30)
+            try:
+                out, err = client.communicate(timeout=duration_s + 30)
+            except subprocess.TimeoutExpired:
+                raise SetupError(f"wrk against {server.variant.name} did not finish") from None
             if client.returncode != 0:
                 raise SetupError(f"wrk failed ({client.returncode}): {err.strip() or out}")
             outputs[server.variant.name] = out
@@ -540,7 +543,11 @@ def run_paired(
     for server in servers:
         server.check_alive()
     mine, theirs = variant.variant.name, baseline.variant.name
-    return Paired(parse_wrk(outputs[mine]), used[mine], parse_wrk(outputs[theirs]), used[theirs])
+    try:
+        return Paired(parse_wrk(outputs[mine]), used[mine],
+                      parse_wrk(outputs[theirs]), used[theirs])
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- summary
@@ -622,7 +629,8 @@ class Row:
             "paired_runs": [run.to_json() for run in self.paired],
             "rps_rounds": [round(r.rps, 1) for r in self.runs],
             "goal": (
-                {"min_ratio": self.goal, "met": self.goal_met} if self.goal is not None else None
+                {"min_ratio": self.goal, "met": self.goal_met, "method": self.method}
+                if self.goal is not None else None
             ),
             "errors": {
                 "runs": len(self.runs),
@@ -744,12 +752,14 @@ def _separate_text(row: Row, baseline: str) -> str:
     return f"{row.separate_ratio:.2f}"
 
 
-def paired_method_lines(baseline: str) -> list[str]:
+def paired_method_lines(baseline: str, pinned: bool) -> list[str]:
+    where = (" both servers on the server core, each driven by its own wrk on the client core."
+             if pinned else " each driven by its own wrk (no pinning: they share every core).")
     return [
         "- The ratios come from paired runs. In every round each variant and its baseline"
         f" (`{baseline}` unless the table says otherwise) are put under the same load at the"
-        " same moment, both servers on the server core, each driven by its own wrk on the"
-        " client core. What the machine does meanwhile (another tenant, a slower spell)"
+        " same moment," + where
+        + " What the machine does meanwhile (another tenant, a slower spell)"
         " slows both alike and cancels out of the ratio of their requests per CPU-second"
         " (user and system time of each server process, every thread). Which wrk starts"
         " first alternates by round. The `ratio` column is the median over the rounds, the"
@@ -809,7 +819,7 @@ def render_markdown(report: dict[str, Any], rows: list[Row], baseline: str) -> s
         f"- {settings['rounds']} rounds; every round runs each (route, variant) pair once in a"
         " shuffled order, so drift on a shared machine hits every variant alike. These"
         " separate runs give the req/s, p50 and p99 columns (medians over the rounds).",
-        *(paired_method_lines(baseline) if settings.get("paired") else [
+        *(paired_method_lines(baseline, pin["server"] != "none") if settings.get("paired") else [
             f"- Each round gives a ratio of the variant's req/s to `{baseline}` on the same"
             " route in the same round; the table shows the median of those ratios; the ratio"
             " range is the lowest and highest round."]),
@@ -1034,9 +1044,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [n for n in [*wanted, args.baseline] if n not in names]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(names)}")
-    if args.baseline not in wanted:
-        # Ratios need the baseline measured in the same rounds.
-        wanted.insert(0, args.baseline)
+    # Ratios need each variant's baseline measured in the same rounds.
+    for name in [args.baseline, *(v.baseline for v in VARIANTS if v.name in wanted)]:
+        if name is not None and name not in wanted:
+            wanted.insert(0, name)
     args.variant_list = [v for v in VARIANTS if v.name in wanted]
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**32)
@@ -1075,8 +1086,9 @@ def benchmark(args: argparse.Namespace) -> int:
     if args.paired and not paired_runs_available():
         log("paired runs need /proc (Linux): ratios come from the separate runs only")
         args.paired = False
+    paired = sum(1 for v in variants if v.name != (v.baseline or args.baseline))
     estimate = estimate_seconds(len(variants), args.rounds, args.duration, args.warmup,
-                                paired=len(variants) - 1 if args.paired else 0)
+                                paired=paired if args.paired else 0)
     log(
         f"benchmark: {len(variants)} variants ({', '.join(v.name for v in variants)}) x "
         f"{len(ROUTES)} routes, {args.rounds} rounds x {args.duration:g} s, "
@@ -1198,8 +1210,10 @@ def benchmark(args: argparse.Namespace) -> int:
             "elapsed_s": round(elapsed, 1),
         },
         "estimate_default_s": round(
-            estimate_seconds(defaults := sum(1 for v in VARIANTS if v.default), 5,
-                             DEFAULT_DURATION_S, 2, paired=defaults - 1)
+            estimate_seconds(
+                sum(1 for v in VARIANTS if v.default), 5, DEFAULT_DURATION_S, 2,
+                paired=sum(1 for v in VARIANTS if v.default and v.name != (v.baseline or BASELINE)),
+            )
         ),
         "results": [row.to_json() for row in rows],
     }

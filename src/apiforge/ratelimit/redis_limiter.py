@@ -155,7 +155,7 @@ class RedisLimiter:
         """Load the script once for all the checks in flight that found it missing: after a
         restart, every one of them gets ``NOSCRIPT`` in the same burst of replies."""
         loading = self._loading
-        if loading is None:
+        if loading is None or loading.done():  # done: its callback to forget it is pending
             loading = self._loading = asyncio.ensure_future(self._client.execute(_LOAD))
 
             def done(_: asyncio.Future[Any]) -> None:
