@@ -314,11 +314,9 @@ class _ParameterValidator:
         errors: list[FieldError] = []
         params = ctx.path_params
         for name, parameter in self.path.items():
-            text = params.get(name)
-            if text is None or text not in parameter.valid:
-                problem = parameter.problem(text)
-                if problem is not None:
-                    errors.append(problem)
+            problem = parameter.problem(params.get(name))
+            if problem is not None:
+                errors.append(problem)
         query = scope.get("query_string")
         if query or self.query:
             self._check_query(query or b"", errors)

@@ -155,13 +155,8 @@ class RedisLimiter:
         """Load the script once for all the checks in flight that found it missing: after a
         restart, every one of them gets ``NOSCRIPT`` in the same burst of replies."""
         loading = self._loading
-        if loading is None or loading.done():  # done: its callback to forget it is pending
+        if loading is None or loading.done():  # done: a later flush needs a new load
             loading = self._loading = asyncio.ensure_future(self._client.execute(_LOAD))
-
-            def done(_: asyncio.Future[Any]) -> None:
-                self._loading = None  # a later flush of the script cache loads it again
-
-            loading.add_done_callback(done)
         # Shielded: one check cancelled by its deadline must not cancel the others' load.
         await asyncio.shield(loading)
 
